@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny random models (see tiny_models.py) and isolated caches."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tiny_models import make_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """One folder per tiny model kind, built once per test session."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {kind: make_tiny_model(root / kind, kind) for kind in ("llama", "qwen2", "gpt2")}
+
+
+@pytest.fixture(autouse=True)
+def _no_fake_gpus(monkeypatch):
+    """Tests see no simulated GPUs unless they set QLORA_STUDIO_FAKE_GPUS themselves."""
+    monkeypatch.delenv("QLORA_STUDIO_FAKE_GPUS", raising=False)

@@ -69,8 +69,10 @@ class ModelSection:
 
     def problems(self) -> dict[str, str]:
         if not self.source.strip():
-            return {"source": "is empty; give a local folder, a hub id, a .gguf file or "
-                    f"{BUILTIN_MODEL!r}"}
+            return {
+                "source": "is empty; give a local folder, a hub id, a .gguf file or "
+                f"{BUILTIN_MODEL!r}"
+            }
         return {}
 
 
@@ -240,16 +242,14 @@ class Recipe:
         return tree
 
     @classmethod
-    def from_dict(
-        cls, tree: Mapping[str, Any], source: str | os.PathLike | None = None
-    ) -> Recipe:
+    def from_dict(cls, tree: Mapping[str, Any], source: str | os.PathLike | None = None) -> Recipe:
         """Build and validate a recipe; missing keys take their defaults.
 
         Raises `RecipeError` for an unknown section or key, a value of the wrong type, a
         value outside what is allowed, or a ``schema_version`` this release cannot read.
         """
         version = tree.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:  # true == 1 in Python
             raise RecipeError(
                 "schema_version",
                 f"{version!r} is not supported; this release reads schema_version = "
@@ -286,9 +286,7 @@ def _build_section(name: str, section_type: type, body: Mapping[str, Any], sourc
     for key, value in body.items():
         dotted = f"{name}.{key}"
         if key not in hints:
-            raise RecipeError(
-                dotted, f"unknown key; [{name}] takes {', '.join(hints)}", source
-            )
+            raise RecipeError(dotted, f"unknown key; [{name}] takes {', '.join(hints)}", source)
         values[key] = _coerce(dotted, hints[key], value, source)
     return section_type(**values)
 
@@ -322,8 +320,10 @@ def _coerce(dotted: str, hint: Any, value: Any, source) -> Any:
 
 
 def _looks_like_path(value: str) -> bool:
+    # A hub id ("org/name") has a slash too: a plain relative "a/b" counts as a path only
+    # when it exists beside the recipe (see resolve_paths).
     return not value.startswith("builtin:") and (
-        value.startswith((".", "/", "~")) or os.sep in value or value.endswith(".gguf")
+        value.startswith((".", "/", "~")) or "\\" in value or value.endswith(".gguf")
     )
 
 

@@ -1,0 +1,180 @@
+"""``qlora-studio estimate (RECIPE.toml | --model SRC [options]) [--json]``: the memory breakdown.
+
+Resolves the model (converting a GGUF once, with a progress line on stderr), reads its shape
+on the meta device, picks the device from GPU discovery (simulated GPUs count) and prints the
+estimator's terms, largest first, with total, capacity, verdict and advice; ``--json`` prints
+``total_bytes``, ``weights_bytes``, ``terms`` (key -> bytes), ``device``, ``fits`` and more.
+Flags override the recipe's keys. Without a recipe or ``--model``, the default recipe (the
+built-in model) is used. Bad recipe, flags or model: a message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from studio.commands import ExitCode
+
+# flag dest -> (recipe section, key)
+_OVERRIDES = {
+    "model": ("model", "source"),
+    "trust_remote_code": ("model", "trust_remote_code"),
+    "quant_mode": ("quantization", "mode"),
+    "quant_type": ("quantization", "quant_type"),
+    "compute_dtype": ("quantization", "compute_dtype"),
+    "double_quant": ("quantization", "double_quant"),
+    "fp32_upcast": ("quantization", "fp32_upcast"),
+    "r": ("lora", "r"),
+    "target_modules": ("lora", "target_modules"),
+    "lora_dropout": ("lora", "dropout"),
+    "max_length": ("dataset", "max_length"),
+    "batch_size": ("training", "batch_size"),
+    "gradient_checkpointing": ("training", "gradient_checkpointing"),
+    "optimizer": ("training", "optimizer"),
+    "device": ("training", "device"),
+}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from studio.core.recipe import COMPUTE_DTYPES, OPTIMIZERS, QUANT_MODES, QUANT_TYPES
+
+    parser = subparsers.add_parser(
+        "estimate",
+        help="print the memory a recipe (or a model with options) needs, term by term",
+        description="Estimate the memory of a QLoRA run: quantized weights (exact), LoRA, "
+        "optimizer, activations, logits and CUDA overheads, against the GPU's free memory "
+        "(or the available RAM on the CPU). Flags override the recipe.",
+    )
+    parser.add_argument("recipe", nargs="?", metavar="RECIPE.toml", help="a recipe file")
+    parser.add_argument(
+        "--model",
+        metavar="SRC",
+        help="model source: folder, hub id, .gguf or builtin:smollm2-135m-instruct",
+    )
+    parser.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--quant-mode", choices=QUANT_MODES)
+    parser.add_argument("--quant-type", choices=QUANT_TYPES)
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES)
+    parser.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--fp32-upcast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="PEFT's upcast of non-quantized weights to fp32",
+    )
+    parser.add_argument("--r", type=int, metavar="RANK", help="LoRA rank")
+    parser.add_argument(
+        "--target-modules",
+        metavar="NAMES",
+        help="'all-linear' or comma-separated module names (q_proj,v_proj)",
+    )
+    parser.add_argument("--lora-dropout", type=float, metavar="P")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-length", type=int, metavar="TOKENS")
+    parser.add_argument(
+        "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None
+    )
+    parser.add_argument("--optimizer", choices=OPTIMIZERS)
+    parser.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--json", action="store_true", help="print JSON (bytes)")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"qlora-studio estimate: {message}", file=sys.stderr)
+    return ExitCode.BAD_INPUT
+
+
+def build_recipe(args: argparse.Namespace):
+    """The recipe from the file (or the defaults) with the flags applied; RecipeError if bad."""
+    from studio.core.recipe import Recipe, load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else Recipe()
+    changes: dict[str, dict] = {}
+    for dest, (section, key) in _OVERRIDES.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if dest == "target_modules" and value != "all-linear":
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        changes.setdefault(section, {})[key] = value
+    return recipe.with_changes(**changes) if changes else recipe
+
+
+class _Progress:
+    """A one-line progress indicator on stderr for the GGUF conversion."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __call__(self, phase: str, fraction: float | None) -> None:
+        pct = "" if fraction is None else f" {fraction:4.0%}"
+        print(
+            f"\r{phase} the model to safetensors (once){pct}", end="", file=sys.stderr, flush=True
+        )
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            print(file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from studio.core.gpu import FakeGpuError, discover_gpus
+    from studio.core.memory import estimate, format_table
+    from studio.core.models import ModelSourceError, read_shape, resolve_model
+    from studio.core.quant import QuantError, resolve_device
+    from studio.core.recipe import RecipeError
+
+    try:
+        recipe = build_recipe(args)
+    except RecipeError as exc:
+        return _fail(str(exc))
+    try:
+        discovery = discover_gpus()
+        device = resolve_device(recipe.training.device, discovery)
+    except (FakeGpuError, QuantError) as exc:
+        return _fail(str(exc))
+
+    progress = _Progress()
+    try:
+        resolved = resolve_model(recipe.model.source, progress=progress)
+        progress.done()
+        shape = read_shape(resolved, trust_remote_code=recipe.model.trust_remote_code)
+    except ModelSourceError as exc:
+        progress.done()
+        return _fail(f"model.source: {exc}")
+    try:
+        est = estimate(shape, recipe, device)
+    except QuantError as exc:
+        return _fail(str(exc))
+
+    if args.json:
+        data = est.to_json_dict()
+        data["model"] = {
+            "source": resolved.source,
+            "kind": resolved.kind,
+            "path": str(resolved.path),
+            "summary": shape.summary(),
+        }
+        data["labels"] = {t.key: t.label for t in est.terms}
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"Model: {resolved.display_name} ({shape.summary()})")
+        q = recipe.quantization
+        quant = (
+            "no quantization"
+            if q.mode == "none"
+            else f"{q.mode} {q.quant_type if q.mode == '4bit' else 'LLM.int8'}"
+            + (", double quant" if q.mode == "4bit" and q.double_quant else "")
+        )
+        t = recipe.training
+        print(
+            f"Recipe: {quant}, compute {est.compute_dtype}, LoRA r={recipe.lora.r}, "
+            f"batch {t.batch_size} x {recipe.dataset.max_length} tokens, "
+            f"checkpointing {'on' if t.gradient_checkpointing else 'off'}, {t.optimizer}"
+        )
+        print()
+        print(format_table(est))
+    return ExitCode.OK

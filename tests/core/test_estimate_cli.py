@@ -1,0 +1,174 @@
+"""``qlora-studio estimate`` as a user runs it: a subprocess, its output and exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE_2080TI = (
+    '[{"name": "NVIDIA GeForce RTX 2080 Ti", "total_mib": 11264, "free_mib": 10900, '
+    '"compute_capability": [7, 5]}]'
+)
+FAKE_TINY = (
+    '[{"name": "Tiny GPU", "total_mib": 600, "free_mib": 520, "compute_capability": [8, 6]}]'
+)
+
+
+def estimate_cli(*args: str, fake_gpus: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "QLORA_STUDIO_FAKE_GPUS"}
+    env["PYTHONPATH"] = str(REPO)
+    if fake_gpus is not None:
+        env["QLORA_STUDIO_FAKE_GPUS"] = fake_gpus
+    return subprocess.run(
+        [sys.executable, "-m", "studio", "estimate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
+
+
+def test_json_for_a_folder_on_the_cpu(tiny_models):
+    out = estimate_cli("--model", str(tiny_models["llama"]), "--json", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for key in ("total_bytes", "weights_bytes", "terms", "device", "fits"):
+        assert key in data
+    assert data["device"] == "CPU" and data["fits"] is True
+    assert data["total_bytes"] == sum(data["terms"].values())
+    assert data["terms"]["quantized_linears"] > 0
+    assert "cuda_context" not in data["terms"]
+
+
+def test_flags_change_the_estimate(tiny_models):
+    base = json.loads(estimate_cli("--model", str(tiny_models["qwen2"]), "--json").stdout)
+    no_dq = json.loads(
+        estimate_cli(
+            "--model",
+            str(tiny_models["qwen2"]),
+            "--json",
+            "--no-double-quant",
+            "--r",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "128",
+            "--optimizer",
+            "adamw_torch",
+            "--no-gradient-checkpointing",
+        ).stdout
+    )
+    assert no_dq["terms"]["quant_absmax"] > base["terms"]["quant_absmax"]
+    assert no_dq["terms"]["lora_weights"] == 2 * base["terms"]["lora_weights"]
+    assert no_dq["terms"]["optimizer"] > base["terms"]["optimizer"]
+
+
+def test_table_on_a_simulated_gpu(tiny_models):
+    out = estimate_cli("--model", str(tiny_models["gpt2"]), fake_gpus=FAKE_2080TI)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "GPT2LMHeadModel" in text
+    assert "RTX 2080 Ti (simulated)" in text and "Free GPU memory" in text
+    assert "CUDA context" in text and "Total" in text and "Verdict: fits" in text
+    assert "compute float16" in text  # no bf16 on capability 7.5
+
+
+def test_does_not_fit_gives_advice(tiny_models):
+    out = estimate_cli(
+        "--model",
+        str(tiny_models["llama"]),
+        "--json",
+        "--batch-size",
+        "64",
+        "--max-length",
+        "2048",
+        "--no-gradient-checkpointing",
+        fake_gpus=FAKE_TINY,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["fits"] is False and data["verdict"] == "does_not_fit"
+    assert data["advice"]
+
+
+def test_recipe_file_with_flag_override(tmp_path, tiny_models):
+    recipe = tmp_path / "run.toml"
+    recipe.write_text(
+        f'schema_version = 1\n[model]\nsource = "{tiny_models["llama"]}"\n'
+        '[quantization]\nmode = "8bit"\n[lora]\nr = 8\n'
+    )
+    data = json.loads(estimate_cli(str(recipe), "--json").stdout)
+    assert data["terms"]["quantized_linears"] > 0 and "quant_constants" not in data["terms"]
+    overridden = json.loads(estimate_cli(str(recipe), "--json", "--r", "16").stdout)
+    assert overridden["terms"]["lora_weights"] == 2 * data["terms"]["lora_weights"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "/no/such/folder"], "No file or folder at /no/such/folder"),
+        (["--model", "someone/not-cached"], "not in the local Hugging Face cache"),
+        (["--r", "0"], "lora.r"),
+        (["--device", "cuda"], "training.device"),
+        (["missing-recipe.toml"], "file not found"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(args, message):
+    out = estimate_cli(*args, fake_gpus="[]")  # the same on machines with and without a GPU
+    assert out.returncode == 2
+    assert message in out.stderr and out.stdout == ""
+
+
+def test_bf16_refused_on_an_old_gpu(tiny_models):
+    out = estimate_cli(
+        "--model", str(tiny_models["llama"]), "--compute-dtype", "bfloat16", fake_gpus=FAKE_2080TI
+    )
+    assert out.returncode == 2
+    assert "quantization.compute_dtype" in out.stderr and "float16" in out.stderr
+
+
+def test_bad_recipe_value_names_the_file_and_key(tmp_path):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text('[quantization]\nquant_type = "nf3"\n')
+    out = estimate_cli(str(recipe))
+    assert out.returncode == 2
+    assert str(recipe) in out.stderr and "quantization.quant_type" in out.stderr
+
+
+def test_unknown_flag_is_bad_input():
+    assert estimate_cli("--quant-type", "int3").returncode == 2
+
+
+@pytest.mark.slow
+def test_builtin_model_true_figures():
+    out = estimate_cli(
+        "--model",
+        "builtin:smollm2-135m-instruct",
+        "--json",
+        "--compute-dtype",
+        "bfloat16",
+        "--quant-type",
+        "nf4",
+        "--double-quant",
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["weights_bytes"] == 111_692_152
+    table = estimate_cli(
+        "--model",
+        "builtin:smollm2-135m-instruct",
+        "--no-double-quant",
+        "--compute-dtype",
+        "bfloat16",
+    )
+    assert table.returncode == 0, table.stderr
+    assert "116,426,752 bytes" in table.stdout
+    assert "LlamaForCausalLM, 30 layers, 134.5 M params" in table.stdout

@@ -1,0 +1,6 @@
+"""The desktop window (PySide6 + pyqtgraph): the only package that imports Qt.
+
+Nothing here imports torch or transformers at import time or while the window is built;
+heavy work (reading a model's shape, converting the built-in model, loading a tokenizer)
+runs in background threads (`studio.ui.background`) and reports back through Qt signals.
+"""

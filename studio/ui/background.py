@@ -1,0 +1,100 @@
+"""Run heavy work (imports of torch/transformers, model conversion) off the GUI thread.
+
+`run_in_background(fn, ...)` runs ``fn(progress)`` on the global QThreadPool and delivers
+its result, its error or its progress reports to the GUI thread through Qt signals (queued,
+because the `Task` that carries them lives in the GUI thread). ``progress(message, fraction)``
+may be called from the worker; ``fraction`` is None when unknown.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import shiboken6
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+_live_tasks: set[Task] = set()
+
+
+class Task(QObject):
+    """One piece of background work; its signals arrive in the thread that created it."""
+
+    succeeded = Signal(object)
+    failed = Signal(object, str)  # the exception, the formatted traceback
+    progressed = Signal(str, object)  # message, fraction 0..1 or None
+    done = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Drop the result when it arrives (the work itself cannot be interrupted)."""
+        self.cancelled = True
+
+
+class _Runnable(QRunnable):
+    def __init__(self, task: Task, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.task = task
+        self.fn = fn
+        self.setAutoDelete(True)
+
+    def run(self) -> None:
+        task = self.task
+        try:
+            result = self.fn(lambda message, fraction=None: task.progressed.emit(message, fraction))
+        except BaseException as exc:  # noqa: BLE001 - reported to the GUI, never lost
+            task.failed.emit(exc, traceback.format_exc())
+        else:
+            task.succeeded.emit(result)
+        task.done.emit()
+
+
+def run_in_background(
+    fn: Callable[[Callable[[str, float | None], None]], Any],
+    *,
+    on_result: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException, str], None] | None = None,
+    on_progress: Callable[[str, float | None], None] | None = None,
+    on_done: Callable[[], None] | None = None,
+    owner: QObject | None = None,
+) -> Task:
+    """Start ``fn(progress)`` in the thread pool; callbacks run on the GUI thread.
+
+    Callbacks are skipped once the returned task is cancelled (a newer request replaced it)
+    or once ``owner`` (the widget the callbacks update) has been deleted. Call from the GUI
+    thread.
+    """
+    task = Task()
+    _live_tasks.add(task)
+
+    def alive() -> bool:
+        return not task.cancelled and (owner is None or shiboken6.isValid(owner))
+
+    def guarded(callback):
+        def call(*args):
+            if callback is not None and alive():
+                callback(*args)
+
+        return call
+
+    task.succeeded.connect(guarded(on_result))
+    task.failed.connect(guarded(on_error))
+    task.progressed.connect(guarded(on_progress))
+
+    def finish():
+        _live_tasks.discard(task)
+        if on_done is not None and alive():
+            on_done()
+
+    task.done.connect(finish)
+    QThreadPool.globalInstance().start(_Runnable(task, fn))
+    return task
+
+
+def wait_for_background(timeout_ms: int = 30000) -> bool:
+    """Block until every background task finished (used when the application quits)."""
+    return QThreadPool.globalInstance().waitForDone(timeout_ms)

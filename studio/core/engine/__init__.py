@@ -1,0 +1,5 @@
+"""The training engine: a job that runs a recipe in its own process (`EngineRunner`)."""
+
+from studio.core.engine.runner import EngineRunner
+
+__all__ = ["EngineRunner"]

@@ -1,0 +1,511 @@
+"""The job: one run of a recipe inside the engine process, phase by phase.
+
+`run_job` is the child process's entry point (see `runner.EngineRunner`). The phases are
+those of `studio.core.events.PHASES`: resolving the model (converting a GGUF once), loading
+and quantizing it, preparing it for k-bit training (the fp32 upcast is a recipe option),
+applying LoRA, tokenizing the dataset, training with the transformers Trainer, and saving
+the bundle. Each phase emits `PhaseChanged`; training emits what `callbacks.EngineCallback`
+reports; the job ends with exactly one terminal event: `Finished`, `Stopped` or `Failed`.
+
+Files: checkpoints go to ``<output.dir>.checkpoints/checkpoint-<step>/`` (HF Trainer
+checkpoints), beside a ``metrics.jsonl`` that survives a killed process so a resumed run's
+bundle still has the whole history. The bundle is written only at the end, atomically, and
+the checkpoints are removed once it is in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from studio.core.engine.building import (
+    apply_lora,
+    measure_peak,
+    prepare_for_training,
+    training_arguments,
+)
+from studio.core.engine.checkpoints import (
+    checkpoint_step,
+    checkpoints_dir,
+    last_checkpoint,
+    list_checkpoints,
+)
+from studio.core.engine.errors import CheckpointError, OutputExistsError, failure_from_exception
+from studio.core.events import (
+    Failed,
+    Finished,
+    LogMessage,
+    PhaseChanged,
+    Stopped,
+    event_from_dict,
+    to_dict,
+)
+from studio.core.recipe import Recipe, recipe_to_toml
+
+RUN_METRICS = "metrics.jsonl"
+RUN_RECIPE = "recipe.toml"
+_LIBRARY_LOGGERS = ("transformers", "peft", "accelerate", "bitsandbytes", "datasets", "torch")
+
+
+class _StopBeforeTraining(Exception):
+    """A stop arrived between phases, before the Trainer ran."""
+
+
+class _Emitter:
+    """Sends events to the parent; notices when the parent is gone."""
+
+    def __init__(self, conn, parent_pid: int | None):
+        self.conn = conn
+        self.parent_pid = parent_pid
+        self.orphaned = False
+
+    def __call__(self, event) -> None:
+        if self.orphaned:
+            return
+        try:
+            self.conn.send(event)
+        except (BrokenPipeError, EOFError, OSError):
+            self.orphaned = True
+
+    def parent_alive(self) -> bool:
+        if self.orphaned:
+            return False
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self.orphaned = True
+        return not self.orphaned
+
+
+class _EventLogHandler(logging.Handler):
+    """Library warnings become LogMessage events (each distinct message once)."""
+
+    def __init__(self, emit):
+        super().__init__(level=logging.WARNING)
+        self.emit_event = emit
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage().strip()
+        except Exception:  # a broken log call must never break the job
+            return
+        if message and message not in self.seen:
+            self.seen.add(message)
+            level = record.levelname.lower()
+            if "pip install kernels" in message:
+                # bitsandbytes' optional CPU kernels: nothing is wrong, it is only slower.
+                level = "info"
+                message = (
+                    "bitsandbytes runs 4-bit matmuls on the CPU with its built-in code "
+                    "(the optional 'kernels' package is not installed)"
+                )
+            self.emit_event(LogMessage(level, message))
+
+
+def run_job(recipe: Recipe, resume: bool, overwrite: bool, conn, control, parent_pid=None):
+    """Entry point of the engine process: run ``recipe`` and end the process.
+
+    Ctrl-C in a terminal reaches the whole process group; the parent turns it into a stop
+    request, so the child ignores SIGINT itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if hasattr(signal, "pthread_sigmask"):  # the runner blocked it while starting us
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    emit = _Emitter(conn, parent_pid)
+    job = Job(
+        recipe,
+        resume=resume,
+        overwrite=overwrite,
+        emit=emit,
+        control=control,
+        should_stop=lambda: control.stop_requested or not emit.parent_alive(),
+    )
+    result = job.run()
+    with contextlib.suppress(OSError):
+        conn.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: library threads and atexit hooks must not keep a finished
+    # job alive; everything the job owes the parent has been sent.
+    os._exit(1 if isinstance(result, Failed) else 0)
+
+
+class Job:
+    """One run of a recipe; `run` returns (and emits) the terminal event."""
+
+    def __init__(
+        self, recipe: Recipe, *, resume: bool, overwrite: bool, emit, control, should_stop
+    ):
+        self.recipe = recipe
+        self.resume = resume
+        self.overwrite = overwrite
+        self.emit = emit
+        self.control = control
+        self.should_stop = should_stop
+        self.phase = "resolving"
+        self.estimate = None
+        self.metrics: list[dict] = []
+        self.output_dir = Path(recipe.output.dir)
+        self.ckpt_dir = checkpoints_dir(self.output_dir)
+        self.info: dict = {}
+
+    # ---------------------------------------------------------------------------- helpers
+    def _phase(self, phase: str, message: str = "", progress: float | None = None) -> None:
+        self.phase = phase
+        self.emit(PhaseChanged(phase, message, progress))
+
+    def _log(self, message: str, level: str = "info") -> None:
+        self.emit(LogMessage(level, message))
+
+    def _check_stop(self) -> None:
+        if self.should_stop():
+            raise _StopBeforeTraining()
+
+    def _capture_library_output(self) -> None:
+        handler = _EventLogHandler(self.emit)
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_default_handler()
+            hf_logging.disable_progress_bar()
+        except Exception:
+            pass
+        try:
+            import datasets
+
+            datasets.disable_progress_bars()
+        except Exception:
+            pass
+        for name in _LIBRARY_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+        seen: set[str] = set()
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, (DeprecationWarning, FutureWarning)):
+                return  # API renames inside the libraries: nothing a user can act on
+            text = f"{category.__name__}: {message}"
+            if text not in seen:
+                seen.add(text)
+                self.emit(LogMessage("warning", text))
+
+        warnings.showwarning = show
+
+    # -------------------------------------------------------------------------------- run
+    def run(self):
+        """Run every phase; returns the terminal event after emitting it."""
+        try:
+            self._capture_library_output()
+            self._check_output()
+            result = self._run_phases()
+        except _StopBeforeTraining:
+            checkpoint = last_checkpoint(self.ckpt_dir)
+            step = checkpoint_step(checkpoint) if checkpoint else 0
+            result = Stopped(step=step, checkpoint=str(checkpoint) if checkpoint else None)
+        except BaseException as exc:  # every failure becomes an event, whatever it is
+            result = failure_from_exception(exc, self.phase, estimate=self.estimate)
+        self.emit(result)
+        return result
+
+    def _check_output(self) -> None:
+        """Refuse to start when the bundle or an earlier run's checkpoints would be lost."""
+        if self.output_dir.exists() and not self.overwrite:
+            raise OutputExistsError(
+                f"output.dir {self.output_dir} already exists. Pass --overwrite (in the window: "
+                "confirm overwriting) to replace it, or choose another [output] dir."
+            )
+        if self.resume:
+            return
+        if self.ckpt_dir.exists():
+            if not self.overwrite and list_checkpoints(self.ckpt_dir):
+                raise CheckpointError(
+                    f"{self.ckpt_dir} holds checkpoints of an earlier run of this recipe. Pass "
+                    "--resume to continue that run, or --overwrite to start again from step 0."
+                )
+            shutil.rmtree(self.ckpt_dir)
+
+    def _run_phases(self):
+        recipe = self.recipe
+        import torch
+
+        from studio.core import gpu, memory, models, quant
+
+        # resolving (+ converting)
+        self._phase("resolving", f"finding the model {recipe.model.source}")
+        device = quant.resolve_device(recipe.training.device, gpu.discover_gpus())
+        compute_dtype = quant.resolve_compute_dtype(recipe.quantization.compute_dtype, device)
+        recipe = replace(
+            recipe, quantization=replace(recipe.quantization, compute_dtype=compute_dtype)
+        )
+        self.recipe = recipe
+        resolved = models.resolve_model(recipe.model.source, progress=self._model_progress)
+        self.phase = "resolving"
+        shape = None
+        try:
+            shape = models.read_shape(resolved, trust_remote_code=recipe.model.trust_remote_code)
+            self.estimate = memory.estimate(shape, recipe, device)
+        except Exception as exc:  # the estimate informs; it must not block training
+            self._log(f"No memory estimate for this model: {exc}", "warning")
+        self.info.update(
+            base_model={
+                "source": resolved.source,
+                "kind": resolved.kind,
+                "path": str(resolved.path),
+                "display_name": resolved.display_name,
+                "summary": shape.summary() if shape is not None else None,
+            },
+            device=device.name,
+            torch_device=device.torch_device,
+            compute_dtype=compute_dtype,
+        )
+        on_cuda = device.torch_device.startswith("cuda")
+        self._log(
+            f"Device: {device.name}"
+            + ("" if on_cuda or device.gpu is None else "; training runs on the CPU")
+            + f"; compute dtype {compute_dtype}"
+        )
+        if self.estimate is not None:
+            self._log(
+                f"Memory estimate: {memory.format_bytes(self.estimate.total_bytes)} "
+                f"({self.estimate.verdict})"
+            )
+        self._check_stop()
+
+        # loading + quantizing
+        self._phase("loading", f"loading {resolved.display_name}")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        trc = recipe.model.trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trc)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(device.torch_device)
+        bnb_config = quant.make_bnb_config(recipe.quantization, compute_dtype)
+        load_kwargs = {
+            "dtype": quant.torch_dtype(compute_dtype),
+            "device_map": {"": device.torch_device},
+            "trust_remote_code": trc,
+        }
+        if bnb_config is not None:
+            load_kwargs["quantization_config"] = bnb_config
+            self._phase("loading", f"loading and quantizing to {recipe.quantization.mode}")
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, **load_kwargs)
+        model.config.use_cache = False
+        weights = memory.measure_model_bytes(model)
+        self.info["measured_weights_bytes"] = weights
+        self._log(
+            f"Loaded model holds {memory.format_bytes(weights)}"
+            + (
+                f" (estimate {memory.format_bytes(self.estimate.weights_bytes)})"
+                if self.estimate is not None
+                else ""
+            )
+        )
+        self._check_stop()
+
+        # preparing
+        self._phase("preparing", "preparing the model for k-bit training")
+        model = prepare_for_training(
+            model,
+            quantized=bnb_config is not None,
+            upcast=recipe.quantization.fp32_upcast,
+            gradient_checkpointing=recipe.training.gradient_checkpointing,
+        )
+        self._check_stop()
+
+        # applying_lora
+        self._phase("applying_lora", f"adding LoRA r={recipe.lora.r}")
+        from transformers import set_seed
+
+        set_seed(recipe.training.seed)  # LoRA's initial A matrices come from the global RNG
+        model = apply_lora(model, recipe.lora)
+        trainable, total = model.get_nb_trainable_parameters()
+        self._log(
+            f"LoRA: {trainable:,} trainable parameters ({100 * trainable / total:.2f}% of "
+            f"{total:,})"
+        )
+        self._check_stop()
+
+        # tokenizing
+        self._phase("tokenizing", f"tokenizing {recipe.dataset.path}")
+        from studio.core import data
+
+        prepared = data.prepare_datasets(recipe.dataset, tokenizer, seed=recipe.training.seed)
+        self.info["dataset_format"] = prepared.format
+        stats = prepared.stats
+        self._log(prepared.explanation)
+        summary = stats.summary() if hasattr(stats, "summary") else str(stats)
+        self._log(f"Dataset: {summary}")
+        if stats.truncated:
+            self._log(
+                f"{stats.truncated} of {stats.examples} examples are longer than "
+                f"dataset.max_length = {recipe.dataset.max_length} and were truncated",
+                "warning",
+            )
+        self._check_stop()
+
+        # training
+        self._phase("training", "starting")
+        trainer, callback = self._build_trainer(model, tokenizer, prepared, device)
+        resume_from = self._resume_checkpoint()
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        step = trainer.state.global_step
+        if callback.stop_requested and step < trainer.state.max_steps:
+            checkpoint = last_checkpoint(self.ckpt_dir)
+            return Stopped(step=step, checkpoint=str(checkpoint) if checkpoint else None)
+
+        # saving
+        self._phase("saving", f"writing the bundle to {self.output_dir}")
+        measured = measure_peak(device.torch_device)
+        return self._save_bundle(model, tokenizer, step, measured)
+
+    def _model_progress(self, what: str, fraction: float | None) -> None:
+        phase = "converting" if "convert" in what else "resolving"
+        self.phase = phase
+        self.emit(PhaseChanged(phase, what, fraction))
+
+    # --------------------------------------------------------------------------- training
+    def _resume_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from, with the run's metrics trimmed to it and replayed."""
+        metrics_file = self.ckpt_dir / RUN_METRICS
+        checkpoint = last_checkpoint(self.ckpt_dir) if self.resume else None
+        if self.resume and checkpoint is None:
+            self._log(f"No checkpoint found in {self.ckpt_dir}; starting from step 0.", "warning")
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        recipe_file = self.ckpt_dir / RUN_RECIPE
+        text = recipe_to_toml(self.recipe)
+        if checkpoint is not None and recipe_file.is_file() and recipe_file.read_text() != text:
+            self._log(
+                "The recipe differs from the one that wrote the checkpoints; resuming "
+                "with the new values.",
+                "warning",
+            )
+        recipe_file.write_text(text, encoding="utf-8")
+        kept: list[dict] = []
+        if checkpoint is not None:
+            step = checkpoint_step(checkpoint)
+            if metrics_file.is_file():
+                for line in metrics_file.read_text(encoding="utf-8").splitlines():
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut short by a killed process
+                    if entry.get("step", 0) <= step:
+                        kept.append(entry)
+            self._log(f"Resuming from {checkpoint} (step {step}).")
+            for entry in kept:
+                self.emit(event_from_dict(entry))
+        self.metrics = kept
+        metrics_file.write_text("".join(json.dumps(m) + "\n" for m in kept), encoding="utf-8")
+        return checkpoint
+
+    def _record_metric(self, event) -> None:
+        entry = to_dict(event)
+        self.metrics.append(entry)
+        with open(self.ckpt_dir / RUN_METRICS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    def _build_trainer(self, model, tokenizer, prepared, device):
+        from transformers import (
+            DataCollatorForSeq2Seq,
+            PrinterCallback,
+            ProgressCallback,
+            Trainer,
+        )
+
+        from studio.core.engine.callbacks import engine_callback
+
+        args = training_arguments(
+            self.recipe,
+            str(self.ckpt_dir),
+            device.torch_device,
+            has_validation=prepared.validation is not None,
+        )
+        columns = ["input_ids", "attention_mask", "labels"]
+        train = prepared.train.select_columns(columns)
+        validation = (
+            prepared.validation.select_columns(columns) if prepared.validation is not None else None
+        )
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        callback = engine_callback(
+            self.emit,
+            self.control,
+            self.should_stop,
+            on_metrics=self._record_metric,
+            cuda_device=device.torch_device if device.torch_device.startswith("cuda") else None,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=validation,
+            data_collator=collator,
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        return trainer, callback
+
+    # ----------------------------------------------------------------------------- saving
+    def _save_bundle(self, model, tokenizer, step: int, measured: dict):
+        from studio.core import bundle, quant
+
+        steps = [m for m in self.metrics if m.get("type") == "StepLogged"]
+        evals = [m for m in self.metrics if m.get("type") == "EvalLogged"]
+        final_loss = steps[-1]["loss"] if steps else None
+        run = {
+            "steps": step,
+            "final_loss": final_loss,
+            "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+            "device": self.info.get("device"),
+            "torch_device": self.info.get("torch_device"),
+            "compute_dtype": self.info.get("compute_dtype"),
+            "dataset_format": self.info.get("dataset_format"),
+            "measured_weights_bytes": self.info.get("measured_weights_bytes"),
+            "resumed": self.resume,
+        }
+        estimate = self.estimate.to_json_dict() if self.estimate is not None else None
+        try:
+            bundle.write_bundle(
+                self.output_dir,
+                save_adapter=lambda folder: model.save_pretrained(folder),
+                save_tokenizer=lambda folder: tokenizer.save_pretrained(folder),
+                recipe=self.recipe,
+                quantization_config=quant.bnb_config_kwargs(
+                    self.recipe.quantization, self.recipe.quantization.compute_dtype
+                ),
+                metrics=self.metrics,
+                base_model=self.info.get("base_model", {}),
+                run=run,
+                estimate=estimate,
+                measured=measured,
+                overwrite=self.overwrite,
+            )
+        except FileExistsError:
+            raise OutputExistsError(
+                f"output.dir {self.output_dir} appeared while training, and this run may not "
+                "overwrite it. The trained state is kept in "
+                f"{self.ckpt_dir}: run again with --resume --overwrite to write the bundle "
+                "there, or move that folder away and run with --resume."
+            ) from None
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        return Finished(
+            bundle_dir=str(self.output_dir),
+            step=step,
+            peak_bytes=measured.get("bytes"),
+            estimate_bytes=self.estimate.total_bytes if self.estimate is not None else None,
+            final_loss=final_loss,
+        )

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from studio.core.engine.building import (
     apply_lora,
+    keep_4bit_weights_trainable,
     measure_peak,
     prepare_for_training,
     training_arguments,
@@ -122,6 +123,8 @@ def run_job(recipe: Recipe, resume: bool, overwrite: bool, conn, control, parent
     if hasattr(signal, "pthread_sigmask"):  # the runner blocked it while starting us
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # NVML (discovery, the GUI) numbers GPUs in PCI bus order; make cuda:N the same card.
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     emit = _Emitter(conn, parent_pid)
     job = Job(
         recipe,
@@ -303,6 +306,7 @@ class Job:
             self._phase("loading", f"loading and quantizing to {recipe.quantization.mode}")
         model = AutoModelForCausalLM.from_pretrained(resolved.path, **load_kwargs)
         model.config.use_cache = False
+        keep_4bit_weights_trainable(model)
         weights = memory.measure_model_bytes(model)
         self.info["measured_weights_bytes"] = weights
         self._log(

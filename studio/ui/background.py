@@ -44,13 +44,20 @@ class _Runnable(QRunnable):
 
     def run(self) -> None:
         task = self.task
+
+        def emit(signal_name: str, *args) -> None:
+            # The application may quit (deleting the Task) while the work still runs; the
+            # result then has nobody to go to.
+            if shiboken6.isValid(task):
+                getattr(task, signal_name).emit(*args)
+
         try:
-            result = self.fn(lambda message, fraction=None: task.progressed.emit(message, fraction))
+            result = self.fn(lambda message, fraction=None: emit("progressed", message, fraction))
         except BaseException as exc:  # noqa: BLE001 - reported to the GUI, never lost
-            task.failed.emit(exc, traceback.format_exc())
+            emit("failed", exc, traceback.format_exc())
         else:
-            task.succeeded.emit(result)
-        task.done.emit()
+            emit("succeeded", result)
+        emit("done")
 
 
 def run_in_background(

@@ -1,0 +1,132 @@
+"""Engine overhead: training steps per second of the studio's engine against a plain
+transformers + PEFT script (benchmarks/plain_qlora.py) with the same model, data and settings.
+
+Both run in their own fresh process on the CPU: the built-in model in NF4 with double
+quantization and bf16 compute, LoRA r=16 on all linears, batch 2, the sample dataset cut to
+128 tokens, paged AdamW 8-bit, gradient checkpointing, no evaluation and no checkpoint inside
+the timed steps. Runs alternate (plain, studio, plain, studio, ...) so drift in the machine's
+speed hits both alike. Per-step wall times leave out the first two steps (warm-up).
+
+    python benchmarks/engine_overhead.py [--steps 12] [--rounds 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+WARMUP = 2
+
+
+def studio_recipe(steps: int, out: Path):
+    from studio.core.recipe import Recipe
+
+    return Recipe().with_changes(
+        quantization={"compute_dtype": "bfloat16"},
+        lora={"r": 16, "alpha": 32, "dropout": 0.05},
+        dataset={"max_length": 128, "validation_split": 0.0},
+        training={
+            "max_steps": steps,
+            "batch_size": 2,
+            "save_steps": 10 * steps,
+            "device": "cpu",
+            "optimizer": "paged_adamw_8bit",
+            "gradient_checkpointing": True,
+        },
+        output={"dir": str(out)},
+    )
+
+
+def run_studio(steps: int, out: Path) -> list[float]:
+    from studio.core.engine.runner import EngineRunner
+    from studio.core.events import TERMINAL_EVENTS, Failed, StepLogged
+
+    runner = EngineRunner(studio_recipe(steps, out), overwrite=True)
+    runner.start()
+    elapsed: list[float] = []
+    while True:
+        events = runner.poll(1.0)
+        elapsed += [e.elapsed_s for e in events if isinstance(e, StepLogged)]
+        ends = [e for e in events if isinstance(e, TERMINAL_EVENTS)]
+        if ends:
+            if isinstance(ends[0], Failed):
+                raise RuntimeError(f"studio run failed: {ends[0].message}")
+            break
+    runner.join(120)
+    return [b - a for a, b in zip([0.0, *elapsed], elapsed, strict=False)]
+
+
+def prepare_plain_inputs(scratch: Path) -> tuple[str, str]:
+    """The model folder and the tokenized sample data, written once for the plain script."""
+    from transformers import AutoTokenizer
+
+    from studio.core.data import prepare_datasets
+    from studio.core.models import resolve_model
+
+    recipe = studio_recipe(1, scratch / "unused")
+    model = resolve_model(recipe.model.source)
+    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    data = prepare_datasets(recipe.dataset, tokenizer, seed=recipe.training.seed)
+    folder = scratch / "plain-data"
+    data.train.select_columns(["input_ids", "attention_mask", "labels"]).save_to_disk(folder)
+    return str(model.path), str(folder)
+
+
+def run_plain(model: str, data: str, steps: int) -> list[float]:
+    script = Path(__file__).with_name("plain_qlora.py")
+    done = subprocess.run(
+        [sys.executable, str(script), model, data, str(steps)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("{"))
+    return json.loads(line)["step_times"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    times = {"plain": [], "studio": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        model, data = prepare_plain_inputs(scratch)
+        for round_ in range(args.rounds):
+            times["plain"] += run_plain(model, data, args.steps)[WARMUP:]
+            times["studio"] += run_studio(args.steps, scratch / f"studio-{round_}")[WARMUP:]
+            print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    results = {
+        kind: {
+            "steps_timed": len(t),
+            "median_step_s": statistics.median(t),
+            "mean_step_s": statistics.fmean(t),
+            "steps_per_s": 1 / statistics.median(t),
+        }
+        for kind, t in times.items()
+    }
+    results["ratio_studio_to_plain_steps_per_s"] = (
+        results["studio"]["steps_per_s"] / results["plain"]["steps_per_s"]
+    )
+    print(f"{'runner':7} {'steps':>6} {'median s/step':>14} {'mean s/step':>12} {'steps/s':>8}")
+    for kind in ("plain", "studio"):
+        r = results[kind]
+        print(
+            f"{kind:7} {r['steps_timed']:6} {r['median_step_s']:14.3f} "
+            f"{r['mean_step_s']:12.3f} {r['steps_per_s']:8.3f}"
+        )
+    print(f"studio / plain steps per second: {results['ratio_studio_to_plain_steps_per_s']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

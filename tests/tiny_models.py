@@ -56,20 +56,37 @@ def _config(kind: str, vocab_size: int, **token_ids):
 
     if kind == "llama":
         return LlamaConfig(
-            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            tie_word_embeddings=False, **token_ids,
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            **token_ids,
         )
     if kind == "qwen2":
         return Qwen2Config(
-            vocab_size=vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-            tie_word_embeddings=True, **token_ids,
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=192,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            **token_ids,
         )
     if kind == "gpt2":
         return GPT2Config(
-            vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256,
-            tie_word_embeddings=True, **token_ids,
+            vocab_size=vocab_size,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            tie_word_embeddings=True,
+            **token_ids,
         )
     raise ValueError(f"unknown tiny model kind {kind!r}; use one of {KINDS}")
 

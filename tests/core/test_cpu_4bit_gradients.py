@@ -38,40 +38,32 @@ def _load(tiny_models):
     )
 
 
-def test_gradients_after_an_evaluation_equal_those_before(tiny_models):
+def _grads_before_and_after_an_evaluation(model) -> tuple[list[float], list[float]]:
     import torch
 
-    model = _load(tiny_models)
-    assert keep_4bit_weights_trainable(model) >= 0
-    assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
     torch.manual_seed(0)
     model = apply_lora(model, LoraSection(r=4, alpha=8, dropout=0.0))
     ids = torch.randint(3, model.config.vocab_size, (2, 16))
     batch = {"input_ids": ids, "labels": ids}
     before = _lora_grad_norms(model, batch)
-
     model.eval()
     with torch.no_grad():
         model(input_ids=ids)  # an evaluation forward, as the Trainer's evaluate() runs it
+    return before, _lora_grad_norms(model, batch)
 
-    after = _lora_grad_norms(model, batch)
+
+def test_gradients_after_an_evaluation_equal_those_before(tiny_models):
+    model = _load(tiny_models)
+    assert keep_4bit_weights_trainable(model) >= 0
+    assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
+    before, after = _grads_before_and_after_an_evaluation(model)
     assert after == pytest.approx(before, rel=1e-5)
 
 
 def test_the_hazard_is_real_on_this_cpu_without_the_fix(tiny_models):
     """Documents why the fix exists; skipped where bitsandbytes would not repack."""
-    import torch
-
     model = _load(tiny_models)
     if not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules()):
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never repacks here")
-    torch.manual_seed(0)
-    model = apply_lora(model, LoraSection(r=4, alpha=8, dropout=0.0))
-    ids = torch.randint(3, model.config.vocab_size, (2, 16))
-    batch = {"input_ids": ids, "labels": ids}
-    before = _lora_grad_norms(model, batch)
-    model.eval()
-    with torch.no_grad():
-        model(input_ids=ids)
-    after = _lora_grad_norms(model, batch)
+    before, after = _grads_before_and_after_an_evaluation(model)
     assert after != pytest.approx(before, rel=1e-5)

@@ -42,23 +42,27 @@ def studio_recipe(steps: int, out: Path):
     )
 
 
-def run_studio(steps: int, out: Path) -> list[float]:
+def run_studio(steps: int, out: Path) -> tuple[list[float], list[float]]:
+    """Per-step wall times and non-padding tokens of a studio engine run."""
     from studio.core.engine.runner import EngineRunner
     from studio.core.events import TERMINAL_EVENTS, Failed, StepLogged
 
     runner = EngineRunner(studio_recipe(steps, out), overwrite=True)
     runner.start()
-    elapsed: list[float] = []
+    logged: list[StepLogged] = []
     while True:
         events = runner.poll(1.0)
-        elapsed += [e.elapsed_s for e in events if isinstance(e, StepLogged)]
+        logged += [e for e in events if isinstance(e, StepLogged)]
         ends = [e for e in events if isinstance(e, TERMINAL_EVENTS)]
         if ends:
             if isinstance(ends[0], Failed):
                 raise RuntimeError(f"studio run failed: {ends[0].message}")
             break
     runner.join(120)
-    return [b - a for a, b in zip([0.0, *elapsed], elapsed, strict=False)]
+    elapsed = [e.elapsed_s for e in logged]
+    times = [b - a for a, b in zip([0.0, *elapsed], elapsed, strict=False)]
+    tokens = [e.tokens_per_second * t for e, t in zip(logged, times, strict=True)]
+    return times, tokens
 
 
 def prepare_plain_inputs(scratch: Path) -> tuple[str, str]:
@@ -77,7 +81,7 @@ def prepare_plain_inputs(scratch: Path) -> tuple[str, str]:
     return str(model.path), str(folder)
 
 
-def run_plain(model: str, data: str, steps: int) -> list[float]:
+def run_plain(model: str, data: str, steps: int) -> tuple[list[float], list[float]]:
     script = Path(__file__).with_name("plain_qlora.py")
     done = subprocess.run(
         [sys.executable, str(script), model, data, str(steps)],
@@ -85,8 +89,9 @@ def run_plain(model: str, data: str, steps: int) -> list[float]:
         text=True,
         check=True,
     )
-    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("{"))
-    return json.loads(line)["step_times"]
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("STEP_TIMES "))
+    measured = json.loads(line.removeprefix("STEP_TIMES "))
+    return measured["times"], measured["tokens"]
 
 
 def main() -> int:
@@ -96,12 +101,18 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     times = {"plain": [], "studio": []}
+    tokens = {"plain": [], "studio": []}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         model, data = prepare_plain_inputs(scratch)
         for round_ in range(args.rounds):
-            times["plain"] += run_plain(model, data, args.steps)[WARMUP:]
-            times["studio"] += run_studio(args.steps, scratch / f"studio-{round_}")[WARMUP:]
+            for kind, run in (
+                ("plain", lambda: run_plain(model, data, args.steps)),
+                ("studio", lambda r=round_: run_studio(args.steps, scratch / f"studio-{r}")),
+            ):
+                step_times, step_tokens = run()
+                times[kind] += step_times[WARMUP:]
+                tokens[kind] += step_tokens[WARMUP:]
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     results = {
         kind: {
@@ -109,20 +120,26 @@ def main() -> int:
             "median_step_s": statistics.median(t),
             "mean_step_s": statistics.fmean(t),
             "steps_per_s": 1 / statistics.median(t),
+            "tokens_per_s": sum(tokens[kind]) / sum(t),
+            "step_times_s": t,
+            "step_tokens": tokens[kind],
         }
         for kind, t in times.items()
     }
-    results["ratio_studio_to_plain_steps_per_s"] = (
-        results["studio"]["steps_per_s"] / results["plain"]["steps_per_s"]
+    for unit in ("steps_per_s", "tokens_per_s"):
+        results[f"ratio_studio_to_plain_{unit}"] = results["studio"][unit] / results["plain"][unit]
+    print(
+        f"{'runner':7} {'steps':>6} {'median s/step':>14} {'mean s/step':>12} {'steps/s':>8} "
+        f"{'tokens/s':>9}"
     )
-    print(f"{'runner':7} {'steps':>6} {'median s/step':>14} {'mean s/step':>12} {'steps/s':>8}")
     for kind in ("plain", "studio"):
         r = results[kind]
         print(
             f"{kind:7} {r['steps_timed']:6} {r['median_step_s']:14.3f} "
-            f"{r['mean_step_s']:12.3f} {r['steps_per_s']:8.3f}"
+            f"{r['mean_step_s']:12.3f} {r['steps_per_s']:8.3f} {r['tokens_per_s']:9.1f}"
         )
     print(f"studio / plain steps per second: {results['ratio_studio_to_plain_steps_per_s']:.3f}")
+    print(f"studio / plain tokens per second: {results['ratio_studio_to_plain_tokens_per_s']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -4,7 +4,8 @@ It loads a model folder in 4-bit with BitsAndBytesConfig, runs PEFT's k-bit prep
 LoRA, and trains with the transformers Trainer: the textbook QLoRA script. The tokenized data
 is written by `engine_overhead.py` (the studio's data module, so both sides see identical
 batches); this script only times the optimizer steps and prints one JSON line with the
-per-step wall times.
+per-step wall times and
+non-padding tokens.
 
     python benchmarks/plain_qlora.py MODEL_FOLDER DATA_FOLDER STEPS
 """
@@ -60,7 +61,9 @@ def main(model_folder: str, data_folder: str, steps: int) -> None:
     class StepTimes(TrainerCallback):
         def __init__(self):
             self.times: list[float] = []
+            self.tokens: list[int] = []
             self._last = None
+            self._seen = 0
 
         def on_step_begin(self, args, state, control, **kwargs):
             if self._last is None:
@@ -70,6 +73,9 @@ def main(model_folder: str, data_folder: str, steps: int) -> None:
             now = time.perf_counter()
             self.times.append(now - self._last)
             self._last = now
+            seen = int(state.num_input_tokens_seen)
+            self.tokens.append(seen - self._seen)
+            self._seen = seen
 
     timer = StepTimes()
     args = TrainingArguments(
@@ -89,6 +95,7 @@ def main(model_folder: str, data_folder: str, steps: int) -> None:
         remove_unused_columns=False,
         report_to="none",
         disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
     )
     trainer = Trainer(
         model=model,
@@ -98,7 +105,7 @@ def main(model_folder: str, data_folder: str, steps: int) -> None:
         callbacks=[timer],
     )
     trainer.train()
-    print(json.dumps({"step_times": timer.times}), flush=True)
+    print("STEP_TIMES", json.dumps({"times": timer.times, "tokens": timer.tokens}), flush=True)
 
 
 if __name__ == "__main__":

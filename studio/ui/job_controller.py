@@ -80,6 +80,9 @@ class _Worker(QObject):
         self.ended.emit(terminal)
 
 
+ENGINE_NICENESS = 5
+
+
 class JobController(QObject):
     """Starts one job at a time and relays its events (``eventReceived``) and its end
     (``jobEnded(terminal_event)``) to the GUI thread; ``stateChanged(state)`` with state one
@@ -96,6 +99,12 @@ class JobController(QObject):
         self._worker: _Worker | None = None
         self.runner = None
         self.state = "idle"
+        # Creating a runner starts multiprocessing's helper process (~0.4 s): do it now, off
+        # the GUI thread, so Start does not freeze the window.
+        from studio.core.engine.runner import prepare_process_machinery
+        from studio.ui.background import run_in_background
+
+        run_in_background(lambda _progress: prepare_process_machinery(), owner=self)
 
     @property
     def is_active(self) -> bool:
@@ -115,7 +124,10 @@ class JobController(QObject):
         else:
             from studio.core.engine.runner import EngineRunner
 
-            runner = EngineRunner(recipe, resume=resume, overwrite=overwrite)
+            # Lower priority for the engine: the window must stay smooth while it trains.
+            runner = EngineRunner(
+                recipe, resume=resume, overwrite=overwrite, niceness=ENGINE_NICENESS
+            )
         self.runner = runner
         thread = QThread(self)
         thread.setObjectName("engine-supervisor")

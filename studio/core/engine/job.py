@@ -111,7 +111,9 @@ class _EventLogHandler(logging.Handler):
             self.emit_event(LogMessage(level, message))
 
 
-def run_job(recipe: Recipe, resume: bool, overwrite: bool, conn, control, parent_pid=None):
+def run_job(
+    recipe: Recipe, resume: bool, overwrite: bool, conn, control, parent_pid=None, niceness=0
+):
     """Entry point of the engine process: run ``recipe`` and end the process.
 
     Ctrl-C in a terminal reaches the whole process group; the parent turns it into a stop
@@ -123,6 +125,8 @@ def run_job(recipe: Recipe, resume: bool, overwrite: bool, conn, control, parent
     if hasattr(signal, "pthread_sigmask"):  # the runner blocked it while starting us
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if niceness > 0 and hasattr(os, "nice"):
+        os.nice(niceness)
     # NVML (discovery, the GUI) numbers GPUs in PCI bus order; make cuda:N the same card.
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     emit = _Emitter(conn, parent_pid)

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio import APP_NAME
+from studio.core.engine.checkpoints import checkpoints_dir, list_checkpoints
 from studio.core.events import (
     CheckpointSaved,
     EvalLogged,
@@ -63,12 +64,8 @@ DEFAULT_RUNS_DIR = Path.home() / "qlora-studio" / "runs"
 
 
 def checkpoints_of(output_dir: str) -> list[Path]:
-    """The resumable checkpoints of a run, oldest first (``<dir>.checkpoints/checkpoint-N``)."""
-    root = Path(f"{output_dir}.checkpoints")
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+    """The checkpoints the engine would resume a run from, oldest first."""
+    return [path for _step, path in list_checkpoints(checkpoints_dir(output_dir))]
 
 
 class MainWindow(QMainWindow):

@@ -28,9 +28,16 @@ def ensure_application(argv: Sequence[str] | None = None):
 
 
 def build_main_window(
-    recipe_path: str | None = None, *, restore: bool = True, autoload: bool = True
+    recipe_path: str | None = None,
+    *,
+    restore: bool = True,
+    autoload: bool = True,
+    defer_plots: bool = False,
 ):
     """The main window (not shown), with ``recipe_path`` loaded if given.
+
+    With ``defer_plots`` (what `run_app` uses) the pyqtgraph plots are made right after the
+    window's first paint, so the window appears sooner; otherwise they exist at once.
 
     Creates the QApplication if there is none. Raises `RecipeError` for a bad recipe file.
     """
@@ -39,14 +46,14 @@ def build_main_window(
     from studio.ui.main_window import MainWindow
 
     recipe = load_recipe(recipe_path) if recipe_path else None
-    return MainWindow(recipe, restore=restore, autoload=autoload)
+    return MainWindow(recipe, restore=restore, autoload=autoload, defer_plots=defer_plots)
 
 
 def run_app(recipe_path: str | None = None, argv: Sequence[str] | None = None) -> int:
     """Open the window and run the event loop until it closes; returns the exit code."""
     app = ensure_application(argv)
     _set_icon(app)
-    window = build_main_window(recipe_path)
+    window = build_main_window(recipe_path, defer_plots=True)
     window.show()
     code = app.exec()
     window.controller.shutdown()

@@ -72,7 +72,12 @@ class MainWindow(QMainWindow):
     """QLoRA Studio's window. `recipe()` is what the settings say; `set_recipe` shows one."""
 
     def __init__(
-        self, recipe: Recipe | None = None, *, restore: bool = True, autoload: bool = True
+        self,
+        recipe: Recipe | None = None,
+        *,
+        restore: bool = True,
+        autoload: bool = True,
+        defer_plots: bool = False,
     ) -> None:
         super().__init__()
         self.setWindowTitle(APP_NAME)
@@ -108,6 +113,9 @@ class MainWindow(QMainWindow):
         self.failure = FailurePanel()
         self.loss_plot = LossPlot()
         self.vram_plot = VramPlot()
+        if not defer_plots:
+            self.build_plots()  # else right after the first paint (`paintEvent`)
+        self._painted = False
         self.chat = ChatPanel()
         self.log = QPlainTextEdit(objectName="logView")
         self.log.setReadOnly(True)
@@ -251,12 +259,24 @@ class MainWindow(QMainWindow):
 
     # ----- start-up -----------------------------------------------------------------------
 
-    def showEvent(self, event) -> None:
-        super().showEvent(event)
+    def paintEvent(self, event) -> None:
+        super().paintEvent(event)
+        if not self._painted:
+            self._painted = True
+            QTimer.singleShot(0, self._after_first_paint)
+
+    def _after_first_paint(self) -> None:
+        """What would delay the first paint: pyqtgraph's import (deferred plots), then reading
+        the model's shape, which imports transformers and torch in the background."""
+        self.build_plots()
         if self._autoload and not self._loaded_once:
             self._loaded_once = True
-            # After the first paint: reading the shape imports transformers and torch.
             QTimer.singleShot(50, self.model_panel.load)
+
+    def build_plots(self) -> None:
+        """Make the live plots' pyqtgraph widgets (after the first paint; idempotent)."""
+        self.loss_plot.build()
+        self.vram_plot.build()
 
     def load_model(self) -> None:
         """Read the current model source's shape now (in the background)."""
@@ -405,6 +425,7 @@ class MainWindow(QMainWindow):
         if not resume and checkpoints:
             overwrite = True
         self.failure.hide()
+        self.build_plots()
         self.loss_plot.clear() if not resume else None
         self.vram_plot.clear()
         self.estimate_panel.set_measured_peak(None, None)

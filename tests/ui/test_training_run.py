@@ -35,7 +35,7 @@ def write_dataset(path, n=24):
 
 
 def curve_points(window) -> int:
-    items = window.loss_plot.widget.getPlotItem().listDataItems()
+    items = window.loss_plot.plot_widget.getPlotItem().listDataItems()
     x, _ = items[0].getData()
     return 0 if x is None else len(x)
 

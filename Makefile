@@ -22,8 +22,10 @@ package-check:
 	dist/qlora-studio/qlora-studio gpus
 	dist/qlora-studio/qlora-studio gpus --json
 
+# Every CPU benchmark in turn; JSON results in benchmarks/results/<date>/ (docs/benchmarks.md).
 bench:
 	bash scripts/setup.sh --dev
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -7,7 +7,8 @@ adds before activations:
   weight's quantization state), for NF4/FP4, double quantization on/off, compute dtypes;
 - LoRA weights: the estimate's LoRA term against the bytes of the trainable parameters PEFT
   creates, for several ranks.
-Activations, logits and the CUDA context need a GPU (see docs/benchmarks.md).
+What a training step adds is measured by activation_accuracy.py; the CUDA terms need a GPU
+(see docs/benchmarks.md).
 
     python benchmarks/estimator_accuracy.py [--models builtin,llama,qwen2,gpt2] [--json out.json]
 """

@@ -225,3 +225,18 @@ class EstimatePanel(QGroupBox):
             )
             label.setToolTip(term.note or term.label)
             self.legend_layout.addWidget(label, i // 2, i % 2)
+        off_peak = [t for t in est.terms if t.off_peak_bytes]
+        if off_peak:
+            label = QLabel(
+                "Not at the peak (counted 0): "
+                + ", ".join(f"{t.label} {format_bytes(t.off_peak_bytes)}" for t in off_peak),
+                objectName="estimateOffPeak",
+            )
+            label.setEnabled(False)  # drawn muted: in use during a step, but not at its peak
+            label.setWordWrap(True)
+            label.setToolTip(
+                "A training step peaks either while the loss is computed (logits) or later in "
+                "backward (LoRA gradients, the recomputed layer, a dequantized weight), never "
+                "both at once; the total counts the larger."
+            )
+            self.legend_layout.addWidget(label, (len(terms) + 1) // 2, 0, 1, 2)

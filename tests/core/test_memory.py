@@ -174,7 +174,7 @@ def test_lora_params_match_peft(tiny_models, targets, use_dora):
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     est = estimate(read_shape(folder), recipe, CPU)
     assert est.term("lora_weights").bytes == 4 * trainable
-    assert est.term("lora_grads").bytes == 4 * trainable
+    assert est.term("lora_grads").size_bytes == 4 * trainable
 
 
 def test_all_linear_leaves_out_lm_head_but_lists_match_suffixes(tiny_models):
@@ -300,11 +300,27 @@ def test_activation_terms_scale_with_tokens(tiny_models):
     shape = read_shape(tiny_models["llama"])
     one = estimate(shape, Recipe().with_changes(training={"batch_size": 1}), CPU)
     four = estimate(shape, Recipe().with_changes(training={"batch_size": 4}), CPU)
-    for key in ("activations", "logits"):
-        assert four.term(key).bytes == pytest.approx(4 * one.term(key).bytes, rel=1e-6)
+    for key in ("activations", "logits", "recompute"):
+        assert four.term(key).size_bytes == pytest.approx(4 * one.term(key).size_bytes, rel=1e-6)
     assert four.term("lora_weights") == one.term("lora_weights")
-    upcast_logits = COEFFICIENTS.logits_bytes_32bit * 512 * shape.vocab_size
-    assert one.term("logits").bytes == int(upcast_logits)
+    logits = COEFFICIENTS.logits_bytes_16bit * 512 * shape.vocab_size
+    assert one.term("logits").size_bytes == int(logits)
+
+
+def test_logits_depend_on_the_compute_dtype_not_on_the_upcast(tiny_models):
+    # Measured on the CPU (benchmarks/activation_accuracy.py): the same peak with and without
+    # the upcast; only float32 compute uses the 32-bit figure.
+    shape = read_shape(tiny_models["llama"])
+
+    def logits(**quantization):
+        recipe = Recipe().with_changes(quantization=quantization)
+        return estimate(shape, recipe, CPU).term("logits").size_bytes
+
+    assert logits(fp32_upcast=True) == logits(fp32_upcast=False)
+    tokens = Recipe().training.batch_size * Recipe().dataset.max_length
+    assert logits(compute_dtype="float32") == int(
+        COEFFICIENTS.logits_bytes_32bit * tokens * shape.vocab_size
+    )
 
 
 def test_cuda_terms_only_on_a_gpu(tiny_models):
@@ -321,11 +337,11 @@ def test_coefficients_are_one_replaceable_block(tiny_models, monkeypatch):
     import studio.core.memory as memory
 
     shape = read_shape(tiny_models["llama"])
-    before = estimate(shape, Recipe(), CPU).term("logits").bytes
+    before = estimate(shape, Recipe(), CPU).term("logits").size_bytes
     monkeypatch.setattr(
-        memory, "COEFFICIENTS", dataclasses.replace(COEFFICIENTS, logits_bytes_32bit=40.0)
+        memory, "COEFFICIENTS", dataclasses.replace(COEFFICIENTS, logits_bytes_16bit=24.0)
     )
-    assert estimate(shape, Recipe(), CPU).term("logits").bytes == 2 * before
+    assert estimate(shape, Recipe(), CPU).term("logits").size_bytes == 2 * before
 
 
 # --------------------------------------------------------------------------- fit and advice
@@ -413,3 +429,46 @@ def test_table_and_json(tiny_models):
     ):
         assert key in data
     assert data["terms"]["quantized_linears"] == est.term("quantized_linears").bytes
+
+
+def test_a_step_counts_the_larger_of_its_two_peaks(tiny_models):
+    # The loss phase (saved activations + logits) and the backward phase (LoRA gradients +
+    # recomputed layer + dequantized weight) never peak together (benchmarks/
+    # activation_accuracy.py measured it): the total counts the larger, the other side counts
+    # 0 and keeps its size for the table.
+    tiny = read_shape(tiny_models["llama"])
+    backward_keys = ("lora_grads", "recompute", "dequant")
+
+    def step(shape, **changes):
+        est = estimate(shape, Recipe().with_changes(**changes), CPU)
+        logits = est.term("logits")
+        backward = [est.term(k) for k in backward_keys]
+        return est, logits, backward
+
+    # SmolLM2's vocabulary on the tiny llama, long sequences, small rank: the logits win
+    big_vocab = dataclasses.replace(tiny, vocab_size=49152)
+    est, logits, backward = step(big_vocab, lora={"r": 8}, dataset={"max_length": 256})
+    assert logits.bytes > 0 and logits.off_peak_bytes == 0
+    assert sum(t.size_bytes for t in backward) < logits.bytes
+    assert all(t.bytes == 0 for t in backward)
+    assert est.total_bytes == sum(t.bytes for t in est.terms)
+    assert "Not at the peak" in format_table(est) and "LoRA gradients" in format_table(est)
+    # its own 320-entry vocabulary, short sequences, large rank: the backward pass wins
+    est, logits, backward = step(tiny, lora={"r": 64}, dataset={"max_length": 16})
+    assert logits.bytes == 0 and logits.off_peak_bytes > 0
+    assert sum(t.bytes for t in backward) > logits.off_peak_bytes
+    assert est.to_json_dict()["off_peak_terms"] == {"logits": logits.off_peak_bytes}
+    # the step's share is exactly saved activations + the larger side
+    expected = est.term("activations").bytes + max(
+        logits.size_bytes, sum(t.size_bytes for t in backward)
+    )
+    assert sum(est.term(k).bytes for k in ("activations", "logits", *backward_keys)) == expected
+
+
+def test_only_gradient_checkpointing_recomputes_a_layer(tiny_models):
+    shape = read_shape(tiny_models["llama"])
+    on = estimate(shape, Recipe().with_changes(training={"gradient_checkpointing": True}), CPU)
+    off = estimate(shape, Recipe().with_changes(training={"gradient_checkpointing": False}), CPU)
+    assert on.term("recompute").size_bytes > 0
+    assert off.term("recompute").size_bytes == 0
+    assert off.term("activations").bytes > on.term("activations").bytes

@@ -198,6 +198,22 @@ def test_estimate_bar_tooltip_names_a_term(make_window, qtbot, tiny_models):
     assert bar.term_at(rect.center().x(), rect.center().y()) is term
 
 
+def test_terms_not_at_the_peak_are_listed_apart(make_window, qtbot, tiny_models):
+    from PySide6.QtWidgets import QLabel
+
+    window = make_window()
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    off_peak = [t for t in window.estimate.terms if t.off_peak_bytes]
+    assert off_peak, "one side of the step's two peaks is always left out"
+    label = window.findChild(QLabel, "estimateOffPeak")
+    assert label is not None
+    for term in off_peak:
+        assert term.label in label.text()
+    bar = window.findChild(object, "estimateBar")
+    bar.grab()
+    assert all(term.bytes > 0 for _, term in bar._segments)
+
+
 def test_recipe_round_trip_and_settings_remembered(make_window, tmp_path, qtbot):
     window = make_window()
     window.findChild(object, "loraRankSpin").setValue(8)

@@ -12,8 +12,6 @@ is kept and drawn then.
 
 from __future__ import annotations
 
-import importlib
-
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
@@ -27,7 +25,8 @@ def _pyqtgraph():
     """pyqtgraph, imported once and configured for the studio's look."""
     global _pg
     if _pg is None:
-        pg = importlib.import_module("pyqtgraph")
+        import pyqtgraph as pg  # a plain import, so that PyInstaller's analysis sees it
+
         pg.setConfigOptions(antialias=True, background="w", foreground="#333")
         _pg = pg
     return _pg

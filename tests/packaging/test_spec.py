@@ -143,6 +143,24 @@ def test_built_program_answers_version_and_gpus(built_program):
 
 
 @pytest.mark.slow
+def test_built_program_holds_the_window_libraries(built_program):
+    # The window imports pyqtgraph only after its first paint, inside a function: the build
+    # must still carry it, or the packaged window would fail right after appearing.
+    viewer = shutil.which("pyi-archive_viewer", path=str(Path(sys.executable).parent))
+    if viewer is None:
+        pytest.skip("pyi-archive_viewer (PyInstaller) is not installed")
+    listing = subprocess.run(
+        [viewer, "--list", "--recursive", "--brief", str(built_program)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    modules = {line.strip() for line in listing.splitlines()}
+    for module in ("pyqtgraph", "pyqtgraph.widgets.PlotWidget", "studio.ui.plots"):
+        assert module in modules, f"{module} is missing from the build"
+
+
+@pytest.mark.slow
 def test_built_program_estimates_the_bundled_builtin_model(built_program, tmp_path):
     result = _run(
         built_program,

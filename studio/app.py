@@ -57,8 +57,9 @@ def run_app(recipe_path: str | None = None, argv: Sequence[str] | None = None) -
     window.show()
     code = app.exec()
     window.controller.shutdown()
-    from studio.ui.background import wait_for_background
+    from studio.ui.background import shutdown_helper, wait_for_background
 
+    shutdown_helper()  # a read still running in it is abandoned, and its waiting thread ends
     wait_for_background(5000)
     return code
 

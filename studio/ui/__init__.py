@@ -2,5 +2,6 @@
 
 Nothing here imports torch or transformers at import time or while the window is built;
 heavy work (reading a model's shape, converting the built-in model, loading a tokenizer)
-runs in background threads (`studio.ui.background`) and reports back through Qt signals.
+runs in a helper process (`studio.core.helper`, so that it never holds this process's GIL)
+waited on by background threads (`studio.ui.background`) that report back through Qt signals.
 """

@@ -1,6 +1,9 @@
 """Run heavy work (imports of torch/transformers, model conversion) off the GUI thread.
 
-`run_in_background(fn, ...)` runs ``fn(progress)`` on the global QThreadPool and delivers
+`run_in_helper(fn, *args, ...)` runs ``fn(*args, progress)`` in the helper process
+(`studio.core.helper`): for work that would hold the GIL for long (importing torch, loading a
+tokenizer), so that the window never waits for it. `run_in_background(fn, ...)` runs
+``fn(progress)`` on the global QThreadPool and delivers
 its result, its error or its progress reports to the GUI thread through Qt signals (queued,
 because the `Task` that carries them lives in the GUI thread). ``progress(message, fraction)``
 may be called from the worker; ``fraction`` is None when unknown.
@@ -100,6 +103,33 @@ def run_in_background(
     task.done.connect(finish)
     QThreadPool.globalInstance().start(_Runnable(task, fn))
     return task
+
+
+_helper = None
+
+
+def helper():
+    """The window's helper process (`studio.core.helper.Helper`), started on first use."""
+    global _helper
+    if _helper is None:
+        from studio.core.helper import Helper
+
+        _helper = Helper()
+    return _helper
+
+
+def shutdown_helper() -> None:
+    """End the helper process (when the application quits)."""
+    if _helper is not None:
+        _helper.shutdown()
+
+
+def run_in_helper(fn: Callable, *args, **callbacks) -> Task:
+    """`run_in_background` of ``fn(*args, progress)`` run in the helper process: a pool
+    thread waits for the result (releasing the GIL); the callbacks are the same."""
+    return run_in_background(
+        lambda progress: helper().call(fn, *args, progress=progress), **callbacks
+    )
 
 
 def wait_for_background(timeout_ms: int = 30000) -> bool:

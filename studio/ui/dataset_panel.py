@@ -25,31 +25,10 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.recipe import BUILTIN_DATASET, DATASET_FORMATS, DatasetSection
-from studio.ui.background import run_in_background
+from studio.ui.background import run_in_helper
 
 TRAINED_STYLE = "background:#c8e6c9;color:#1b5e20;"
 PROMPT_STYLE = "color:#757575;"
-_tokenizers: dict[str, object] = {}
-
-
-def load_tokenizer(model_path: str):
-    """The model's tokenizer, loaded once per folder (imports transformers; worker thread)."""
-    tok = _tokenizers.get(model_path)
-    if tok is None:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(model_path)
-        _tokenizers[model_path] = tok
-    return tok
-
-
-def _preview(section: DatasetSection, model_path: str, progress):
-    from studio.core.data import preview_dataset
-
-    progress("Loading the tokenizer…", None)
-    tokenizer = load_tokenizer(model_path)
-    progress("Formatting examples…", None)
-    return preview_dataset(section, tokenizer, count=3)
 
 
 def render_html(example) -> str:
@@ -207,8 +186,12 @@ class DatasetPanel(QWidget):
         self.progress.show()
         self.info.setText("Preparing the preview…")
         model_path = self._model_path
-        self._task = run_in_background(
-            lambda progress: _preview(section, model_path, progress),
+        from studio.core.helper import preview_dataset
+
+        self._task = run_in_helper(
+            preview_dataset,
+            section,
+            model_path,
             on_result=self._show,
             on_error=self._failed,
             on_progress=lambda message, _f: self.info.setText(message),

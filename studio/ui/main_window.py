@@ -2,7 +2,7 @@
 the right. It edits one `Recipe`; Start hands that recipe to the engine.
 
 Building the window imports neither torch nor transformers: the model's shape and the dataset
-preview are read in background threads once the window has been shown.
+preview are read in the helper process once the window has painted.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ class MainWindow(QMainWindow):
 
     def _after_first_paint(self) -> None:
         """What would delay the first paint: pyqtgraph's import (deferred plots), then reading
-        the model's shape, which imports transformers and torch in the background."""
+        the model's shape (transformers and torch, imported in the helper process)."""
         self.build_plots()
         if self._autoload and not self._loaded_once:
             self._loaded_once = True

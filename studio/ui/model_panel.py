@@ -15,22 +15,12 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.recipe import BUILTIN_MODEL
-from studio.ui.background import run_in_background
+from studio.ui.background import run_in_helper
 
 STEP_MESSAGES = {
     "converting": "Converting the model to a cached safetensors folder (once; ~20 s for the "
     "built-in model)",
 }
-
-
-def _resolve_and_read(source: str, progress):
-    """Runs in a worker thread: resolve (maybe convert) the model, then read its shape."""
-    from studio.core.models import read_shape, resolve_model
-
-    progress("Resolving the model source…", None)
-    resolved = resolve_model(source, progress=progress)
-    progress("Reading the model's shape (no weights loaded)…", None)
-    return resolved, read_shape(resolved)
 
 
 class ModelPanel(QGroupBox):
@@ -124,8 +114,11 @@ class ModelPanel(QGroupBox):
         self.summary.setText(f"Reading {source}…")
         self.progress.setRange(0, 0)
         self.progress.show()
-        self._task = run_in_background(
-            lambda progress: _resolve_and_read(source, progress),
+        from studio.core.helper import read_model
+
+        self._task = run_in_helper(
+            read_model,
+            source,
             on_result=self._ready,
             on_error=self._failed,
             on_progress=self._progress,

@@ -7,7 +7,9 @@ adds before activations:
   weight's quantization state), for NF4/FP4, double quantization on/off, compute dtypes;
 - LoRA weights: the estimate's LoRA term against the bytes of the trainable parameters PEFT
   creates, for several ranks.
-What a training step adds is measured by activation_accuracy.py; the CUDA terms need a GPU
+Also the CPU runtime term (a model: the engine's libraries in memory) against the resident
+memory of a fresh process after the engine's imports. What a training step adds is measured
+by activation_accuracy.py; the CUDA terms need a GPU
 (see docs/benchmarks.md).
 
     python benchmarks/estimator_accuracy.py [--models builtin,llama,qwen2,gpt2] [--json out.json]
@@ -36,6 +38,27 @@ def model_folders(names: list[str], scratch: Path) -> dict[str, str]:
             BUILTIN_MODEL if name == "builtin" else str(make_tiny_model(scratch / name, name))
         )
     return folders
+
+
+RUNTIME_PROBE = """
+import psutil
+import torch, transformers, peft, bitsandbytes, datasets, accelerate
+from transformers import AutoModelForCausalLM, Trainer
+print(psutil.Process().memory_info().rss)
+"""
+
+
+def measure_cpu_runtime() -> dict:
+    """The estimate's cpu_runtime term against the resident memory of a fresh process that has
+    imported what the engine imports, before any model."""
+    import subprocess
+
+    from studio.core.memory import COEFFICIENTS
+
+    out = subprocess.run(
+        [sys.executable, "-c", RUNTIME_PROBE], capture_output=True, text=True, check=True
+    )
+    return {"estimated": COEFFICIENTS.cpu_runtime_bytes, "measured": int(out.stdout.split()[-1])}
 
 
 def main() -> int:
@@ -127,8 +150,16 @@ def main() -> int:
             f"{row['measured']:13,} {row['error_pct']:+7.3f}%"
         )
     print(f"worst case: {worst:.3f}% over {len(rows)} settings")
+    runtime = measure_cpu_runtime()
+    print(
+        f"cpu_runtime (a model, apart from the exact terms): estimated "
+        f"{runtime['estimated']:,} measured {runtime['measured']:,} bytes "
+        f"({100.0 * (runtime['estimated'] - runtime['measured']) / runtime['measured']:+.1f}%)"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "worst_pct": worst}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"rows": rows, "worst_pct": worst, "cpu_runtime": runtime}, indent=2)
+        )
     return 0
 
 

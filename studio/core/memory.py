@@ -67,6 +67,10 @@ class Coefficients:
     logits_bytes_32bit: float = 20.0  # float32 compute (MEMORY_MODEL.md; not measured yet)
     dequant_copies: float = 1.0  # times the largest quantized weight in the compute dtype
     cuda_context_bytes: int = 500 * MIB  # CUDA context + kernels (300-600 MB measured)
+    # The engine process on the CPU before it loads a model: Python, torch, transformers, peft,
+    # bitsandbytes, datasets. Resident memory measured after those imports: 472 MiB (torch
+    # 2.13 CPU build, Linux; benchmarks/estimator_accuracy.py measures it again).
+    cpu_runtime_bytes: int = 470 * MIB
     cublas_workspace_bytes: int = 32 * MIB
     allocator_fraction: float = 0.08  # caching-allocator rounding and fragmentation
     tight_fraction: float = 0.90  # above this share of capacity: "tight"
@@ -443,6 +447,17 @@ def estimate(shape: ModelShape, recipe: Recipe, device, *, _advise: bool = True)
         ),
     ]
     terms += _at_the_peak(logits, backward)
+    if device.kind == "cpu":
+        # What the process's resident memory (the CPU's measured peak) holds besides tensors.
+        terms.append(
+            Term(
+                "cpu_runtime",
+                "Python and libraries",
+                co.cpu_runtime_bytes,
+                "fixed",
+                "the engine process's Python, PyTorch and training libraries, before any model",
+            )
+        )
     # fixed CUDA costs
     if device.kind == "cuda":
         subtotal = sum(x.bytes for x in terms)

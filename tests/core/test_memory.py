@@ -323,12 +323,16 @@ def test_logits_depend_on_the_compute_dtype_not_on_the_upcast(tiny_models):
     )
 
 
-def test_cuda_terms_only_on_a_gpu(tiny_models):
+def test_fixed_costs_follow_the_device(tiny_models):
     shape = read_shape(tiny_models["llama"])
     cpu = estimate(shape, Recipe(), CPU)
     gpu = estimate(shape, Recipe(), _gpu(80 * GIB))
-    assert {t.key for t in cpu.terms} < {t.key for t in gpu.terms}
+    cpu_keys, gpu_keys = {t.key for t in cpu.terms}, {t.key for t in gpu.terms}
+    assert cpu_keys - gpu_keys == {"cpu_runtime"}
+    assert gpu_keys - cpu_keys == {"cuda_context", "allocator"}
     assert gpu.term("cuda_context").bytes == COEFFICIENTS.cuda_context_bytes
+    # on the CPU the measured peak is the engine's resident memory, runtime included
+    assert cpu.term("cpu_runtime").bytes == COEFFICIENTS.cpu_runtime_bytes
     assert cpu.device == "CPU" and cpu.capacity_bytes > 0
     assert gpu.capacity_bytes == 80 * GIB
 

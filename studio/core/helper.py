@@ -1,6 +1,7 @@
-"""A helper process for the window's heavy reads: a model's shape and a dataset preview.
+"""A helper process for the window's heavy work: a model's shape, a dataset preview, chat.
 
-Reading a shape imports torch and transformers; a preview loads the model's tokenizer. Done on
+Reading a shape imports torch and transformers; a preview loads the model's tokenizer; the
+chat tab loads a base model with its adapter and generates. Done on
 a thread of the window's own process, that work holds the GIL for up to hundreds of
 milliseconds at a time (C-extension imports, the tokenizer's Rust parser) and the window
 stalls (docs/benchmarks.md, GUI responsiveness). `Helper.call` runs it in one long-lived
@@ -127,6 +128,7 @@ def _serve(requests, replies, parent_pid: int) -> None:
 # ------------------------------------------------------------------- the window's reads
 
 _tokenizers: dict[str, object] = {}
+_chat_models: dict[str, object] = {}
 
 
 def read_model(source: str, progress):
@@ -158,3 +160,36 @@ def preview_dataset(section, model_path: str, progress, count: int = 3):
     tokenizer = load_tokenizer(model_path)
     progress("Formatting examples…", None)
     return preview(section, tokenizer, count=count)
+
+
+def chat_pair(bundle: str, prompt: str, max_new_tokens: int, device: str, report):
+    """(answer with the adapter, answer of the bare base model) to ``prompt``.
+
+    ``report(kind, payload)``: ("status", text) while loading, ("adapter" | "base", piece) for
+    each piece of text as it is generated. The loaded model is kept for the next prompt.
+    """
+    from studio.core.chat import load_chat_model
+
+    model = _chat_models.get(bundle)
+    if model is None:
+        _chat_models.clear()
+        report("status", "Loading the base model and the adapter…")
+        model = load_chat_model(
+            bundle, device=device, progress=lambda message: report("status", message)
+        )
+        _chat_models[bundle] = model
+    report("status", "Generating with the adapter…")
+    with_adapter = model.generate(
+        prompt,
+        max_new_tokens=max_new_tokens,
+        adapter=True,
+        on_text=lambda piece: report("adapter", piece),
+    )
+    report("status", "Generating with the base model…")
+    base = model.generate(
+        prompt,
+        max_new_tokens=max_new_tokens,
+        adapter=False,
+        on_text=lambda piece: report("base", piece),
+    )
+    return with_adapter, base

@@ -127,8 +127,16 @@ def shutdown_helper() -> None:
 def run_in_helper(fn: Callable, *args, **callbacks) -> Task:
     """`run_in_background` of ``fn(*args, progress)`` run in the helper process: a pool
     thread waits for the result (releasing the GIL); the callbacks are the same."""
+    on_error = callbacks.pop("on_error", None)
+
+    def failed(exc: BaseException, details: str) -> None:
+        # The helper's own traceback says where it failed; the waiting thread's does not.
+        on_error(exc, getattr(exc, "details", "") or details)
+
     return run_in_background(
-        lambda progress: helper().call(fn, *args, progress=progress), **callbacks
+        lambda progress: helper().call(fn, *args, progress=progress),
+        on_error=failed if on_error is not None else None,
+        **callbacks,
     )
 
 

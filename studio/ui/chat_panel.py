@@ -1,5 +1,6 @@
 """The chat panel: a prompt, answered by the base model with the adapter and, side by side,
-by the bare base model. Generation runs in a background thread; the window stays live."""
+by the bare base model. Generation runs in the helper process (`studio.core.helper`), and
+its text streams back piece by piece; the window stays live."""
 
 from __future__ import annotations
 
@@ -18,42 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.ui.background import run_in_background
-
-_loaded: dict[str, object] = {}
-
-
-def generate_pair(bundle: str, prompt: str, max_new_tokens: int, device: str, report):
-    """Runs in a worker thread: (answer with the adapter, answer of the base model).
-
-    ``report(kind, payload)``: ("status", text) while loading, ("adapter" | "base", piece) for
-    each piece of text as it is generated. The loaded model is kept for the next prompt.
-    """
-    from studio.core.chat import load_chat_model
-
-    model = _loaded.get(bundle)
-    if model is None:
-        _loaded.clear()
-        report("status", "Loading the base model and the adapter…")
-        model = load_chat_model(
-            bundle, device=device, progress=lambda message: report("status", message)
-        )
-        _loaded[bundle] = model
-    report("status", "Generating with the adapter…")
-    with_adapter = model.generate(
-        prompt,
-        max_new_tokens=max_new_tokens,
-        adapter=True,
-        on_text=lambda piece: report("adapter", piece),
-    )
-    report("status", "Generating with the base model…")
-    base = model.generate(
-        prompt,
-        max_new_tokens=max_new_tokens,
-        adapter=False,
-        on_text=lambda piece: report("base", piece),
-    )
-    return with_adapter, base
+from studio.ui.background import run_in_helper
 
 
 class ChatPanel(QWidget):
@@ -130,8 +96,14 @@ class ChatPanel(QWidget):
         self.adapter_view.clear()
         self.base_view.clear()
         bundle, n, device = self.bundle, self.max_tokens.value(), self.device
-        self._task = run_in_background(
-            lambda progress: generate_pair(bundle, prompt, n, device, progress),
+        from studio.core.helper import chat_pair
+
+        self._task = run_in_helper(
+            chat_pair,
+            bundle,
+            prompt,
+            n,
+            device,
             on_result=self._answered,
             on_error=self._failed,
             on_progress=self._report,

@@ -263,3 +263,20 @@ def test_simulated_gpu_facts_badge_and_live_strip(make_window, monkeypatch):
     _, auto = dtype_item(window, "auto")
     assert auto.text() == "auto (bfloat16)"  # the CPU allows bf16
     assert not dtype_item(window, "float16")[1].isEnabled()
+
+
+def test_a_model_that_cannot_be_read_says_why_and_the_next_one_loads(
+    make_window, qtbot, tiny_models, tmp_path
+):
+    # The shape is read in the helper process: its error, and its traceback, reach the window.
+    window = make_window()
+    failures = []
+    window.model_panel.modelFailed.connect(failures.append)
+    missing = tmp_path / "no-such-model"
+    window.model_panel.set_source(str(missing))
+    qtbot.waitUntil(lambda: bool(failures), timeout=120_000)
+    summary = window.findChild(object, "modelSummaryLabel")
+    assert str(missing) in failures[0] and summary.text().startswith("⚠")
+    assert "studio/core/models.py" in summary.toolTip(), "the helper's own traceback"
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    assert window.shape.num_layers == 2

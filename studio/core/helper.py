@@ -178,18 +178,15 @@ def chat_pair(bundle: str, prompt: str, max_new_tokens: int, device: str, report
             bundle, device=device, progress=lambda message: report("status", message)
         )
         _chat_models[bundle] = model
-    report("status", "Generating with the adapter…")
-    with_adapter = model.generate(
-        prompt,
-        max_new_tokens=max_new_tokens,
-        adapter=True,
-        on_text=lambda piece: report("adapter", piece),
-    )
-    report("status", "Generating with the base model…")
-    base = model.generate(
-        prompt,
-        max_new_tokens=max_new_tokens,
-        adapter=False,
-        on_text=lambda piece: report("base", piece),
-    )
-    return with_adapter, base
+    answers = []
+    for kind, label in (("adapter", "the adapter"), ("base", "the base model")):
+        report("status", f"Generating with {label}…")
+        answers.append(
+            model.generate(
+                prompt,
+                max_new_tokens=max_new_tokens,
+                adapter=kind == "adapter",
+                on_text=lambda piece, kind=kind: report(kind, piece),
+            )
+        )
+    return tuple(answers)

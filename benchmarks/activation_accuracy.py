@@ -33,7 +33,6 @@ BATCH = 2
 
 def measure_step_peak(model, batch, scratch: Path) -> dict:
     """Peak bytes above the step's starting level, and the categories at that peak."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     model(**batch).loss.backward()  # warm-up: lazily created state is not a step's cost
@@ -53,7 +52,6 @@ def measure_step_peak(model, batch, scratch: Path) -> dict:
     names += ("autograd_detail", "unknown")
     at_peak = dict(zip(names, sizes[peak_at][1:], strict=True))
     start = dict(zip(names, sizes[0][1:], strict=True))
-    del torch
     return {
         "step_peak_bytes": totals[peak_at] - totals[0],
         "by_category_above_start": {k: at_peak[k] - start[k] for k in names},

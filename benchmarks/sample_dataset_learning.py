@@ -33,6 +33,7 @@ def load_model():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+    from studio.core.engine.building import keep_4bit_weights_trainable
     from studio.core.models import resolve_model
     from studio.core.recipe import BUILTIN_MODEL
 
@@ -47,23 +48,10 @@ def load_model():
     model = AutoModelForCausalLM.from_pretrained(
         folder, quantization_config=bnb, dtype=torch.bfloat16, device_map={"": "cpu"}
     )
-    keep_trainable_layout(model)
+    # It generates before training: without this, bitsandbytes' CPU inference repacking
+    # would leave the training that follows with wrong gradients.
+    keep_4bit_weights_trainable(model)
     return model, tokenizer
-
-
-def keep_trainable_layout(model) -> None:
-    """Stop bitsandbytes repacking 4-bit weights for CPU inference.
-
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight the first time it
-    runs in eval mode without gradients, and from then on uses a kernel with no autograd
-    support: training after a generation (or an evaluation) silently stops gradients flowing
-    through the frozen base. This benchmark generates before training, so it opts out.
-    """
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
 
 
 def generate(model, tokenizer, prompts, max_new_tokens: int) -> list[str]:

@@ -119,6 +119,10 @@ class MemoryEstimate:
         """The non-zero terms, largest first."""
         return sorted((t for t in self.terms if t.bytes), key=lambda t: -t.bytes)
 
+    def off_peak_terms(self) -> list[Term]:
+        """The terms in use during a step but not at its peak (they count 0 in the total)."""
+        return [t for t in self.terms if t.off_peak_bytes]
+
     def term(self, key: str) -> Term:
         for t in self.terms:
             if t.key == key:
@@ -130,7 +134,7 @@ class MemoryEstimate:
             "total_bytes": self.total_bytes,
             "weights_bytes": self.weights_bytes,
             "terms": {t.key: t.bytes for t in self.terms},
-            "off_peak_terms": {t.key: t.off_peak_bytes for t in self.terms if t.off_peak_bytes},
+            "off_peak_terms": {t.key: t.off_peak_bytes for t in self.off_peak_terms()},
             "groups": {g: sum(t.bytes for t in self.terms if t.group == g) for g in GROUPS},
             "device": self.device,
             "capacity_bytes": self.capacity_bytes,
@@ -668,7 +672,7 @@ def format_table(est: MemoryEstimate) -> str:
     lines += [f"{label.ljust(width)}  {size:>10}  {note}" for label, size, note in rows]
     lines.append("-" * (width + 40))
     lines.append(f"{'Total'.ljust(width)}  {format_bytes(est.total_bytes):>10}")
-    off_peak = [t for t in est.terms if t.off_peak_bytes]
+    off_peak = est.off_peak_terms()
     if off_peak:
         lines.append(
             "Not at the peak (in use during a step, counted 0): "

@@ -225,7 +225,7 @@ class EstimatePanel(QGroupBox):
             )
             label.setToolTip(term.note or term.label)
             self.legend_layout.addWidget(label, i // 2, i % 2)
-        off_peak = [t for t in est.terms if t.off_peak_bytes]
+        off_peak = est.off_peak_terms()
         if off_peak:
             label = QLabel(
                 "Not at the peak (counted 0): "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tiny_models import _config, make_tokenizer
+from tiny_models import build_tiny_model
 
 
 def _permute(w, n_head: int):
@@ -20,19 +20,8 @@ def _permute(w, n_head: int):
 
 def make_tiny_gguf(path: Path, seed: int = 0) -> dict:
     import gguf
-    import torch
-    from transformers import AutoModelForCausalLM
 
-    tokenizer = make_tokenizer()
-    config = _config(
-        "llama",
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    tokenizer, config, model = build_tiny_model("llama", seed)
     state = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
 
     writer = gguf.GGUFWriter(str(path), "llama")

@@ -91,12 +91,11 @@ def _config(kind: str, vocab_size: int, **token_ids):
     raise ValueError(f"unknown tiny model kind {kind!r}; use one of {KINDS}")
 
 
-def make_tiny_model(folder: Path, kind: str = "llama", seed: int = 0) -> Path:
-    """Write a random tiny model of ``kind`` with its tokenizer to ``folder``; returns it."""
+def build_tiny_model(kind: str = "llama", seed: int = 0):
+    """A random tiny model of ``kind`` in memory: (tokenizer, config, model)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    folder = Path(folder)
     tokenizer = make_tokenizer()
     config = _config(
         kind,
@@ -106,7 +105,13 @@ def make_tiny_model(folder: Path, kind: str = "llama", seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id,
     )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    return tokenizer, config, AutoModelForCausalLM.from_config(config)
+
+
+def make_tiny_model(folder: Path, kind: str = "llama", seed: int = 0) -> Path:
+    """Write a random tiny model of ``kind`` with its tokenizer to ``folder``; returns it."""
+    folder = Path(folder)
+    tokenizer, _, model = build_tiny_model(kind, seed)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder

@@ -222,9 +222,12 @@ class VramPlot(_LazyPlot):
             return
         line, value = self.lines[name], self.reference[name]
         if value:
+            line.show()
             line.setValue(value / GIB)
             line.label.setFormat(f"{name} {value / GIB:.2f} GiB")
-            line.show()
+            # pyqtgraph redraws a label's text only on a value change and only while it is
+            # shown; a new format or a line hidden until now would keep the old text.
+            line.label.valueChanged()
         else:
             line.hide()
 

@@ -48,6 +48,19 @@ def test_memory_plot_settings_made_before_build_apply_at_build(qtbot):
     assert len(legend.items) == 4
 
 
+def test_reference_lines_set_after_build_show_their_values(qtbot):
+    plot = VramPlot()
+    qtbot.addWidget(plot.widget)
+    plot.build()
+    plot.set_estimate(None)  # hidden at first, as before the model's shape is known
+    plot.set_estimate(3 * (1 << 30))
+    assert plot.lines["estimate"].label.toPlainText() == "estimate 3.00 GiB"
+    plot.set_estimate(3 * (1 << 30) + (1 << 29))
+    assert plot.lines["estimate"].label.toPlainText() == "estimate 3.50 GiB"
+    plot.set_capacity(8 * (1 << 30))
+    assert plot.lines["capacity"].label.toPlainText() == "capacity 8.00 GiB"
+
+
 def test_window_with_deferred_plots_builds_and_shows_them_once_shown(make_window, qtbot):
     window = make_window(defer_plots=True)
     assert not window.loss_plot.built

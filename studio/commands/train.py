@@ -130,7 +130,15 @@ def run(args: argparse.Namespace) -> int:
         _err(f"error: {exc}")
         return ExitCode.BAD_INPUT
     from studio.core.engine import EngineRunner
+    from studio.core.engine.errors import CheckpointError, OutputExistsError
+    from studio.core.engine.output import check_start, inspect_output
+    from studio.core.events import TERMINAL_EVENTS
 
+    try:
+        check_start(inspect_output(recipe.output.dir), resume=args.resume, overwrite=args.overwrite)
+    except (OutputExistsError, CheckpointError) as exc:
+        _err(f"error: {exc}")
+        return ExitCode.BAD_INPUT
     runner = EngineRunner(recipe, resume=args.resume, overwrite=args.overwrite)
     display = _Display()
     interrupts = 0
@@ -155,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         while terminal is None:
             for event in runner.poll(timeout=0.5):
                 display.show(event)
-                if type(event).__name__ in ("Finished", "Stopped", "Failed"):
+                if isinstance(event, TERMINAL_EVENTS):
                     terminal = event
         runner.join(timeout=60)
     finally:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.core.atomic import replace_dir, temporary_sibling_dir
+from studio.core.events import EvalLogged, StepLogged, rows_of
 from studio.core.recipe import Recipe, RecipeError, load_recipe, recipe_to_toml
 
 MANIFEST = "manifest.json"
@@ -234,8 +235,8 @@ def render_plots(
     from studio.core.plots import Series, line_chart_png
 
     metrics = list(metrics)
-    steps = [m for m in metrics if m.get("type") == "StepLogged"]
-    evals = [m for m in metrics if m.get("type") == "EvalLogged"]
+    steps = rows_of(metrics, StepLogged)
+    evals = rows_of(metrics, EvalLogged)
     loss_series = [Series("train loss", [m["step"] for m in steps], [m["loss"] for m in steps])]
     if evals:
         loss_series.append(

@@ -11,24 +11,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-# Phases in the order a run passes through them.
-PHASES = (
-    "resolving",
-    "converting",
-    "loading",
-    "preparing",
-    "applying_lora",
-    "tokenizing",
-    "training",
-    "saving",
-)
+from studio.core.phases import Phase
 
 
 @dataclass(frozen=True)
 class PhaseChanged:
     """The job entered ``phase`` or made progress in it (``progress`` 0..1, None if unknown)."""
 
-    phase: str
+    phase: Phase
     message: str = ""
     progress: float | None = None
 
@@ -105,7 +95,7 @@ class Finished:
 class Failed:
     """The job failed in ``phase``: ``message`` says what to do, ``details`` has the traceback."""
 
-    phase: str
+    phase: Phase
     error_type: str
     message: str
     details: str = ""
@@ -152,9 +142,22 @@ EVENT_TYPES: dict[str, type] = {
 TERMINAL_EVENTS = (Finished, Stopped, Failed)
 
 
+def event_type(event: Event) -> str:
+    """The name an event is stored under in ``metrics.jsonl`` (its class name)."""
+    return type(event).__name__
+
+
+def rows_of(rows, cls: type) -> list[dict[str, Any]]:
+    """The ``metrics.jsonl`` rows (dicts from `to_dict`) that hold events of class ``cls``."""
+    return [row for row in rows if row.get("type") == cls.__name__]
+
+
 def to_dict(event: Event) -> dict[str, Any]:
-    """The event as a JSON-ready dict with its class name under ``type``."""
-    return {"type": type(event).__name__, **dataclasses.asdict(event)}
+    """The event as a JSON-ready dict with its class name under ``type`` (phases as strings)."""
+    data = dataclasses.asdict(event)
+    if isinstance(data.get("phase"), Phase):
+        data["phase"] = data["phase"].value
+    return {"type": event_type(event), **data}
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
@@ -165,4 +168,7 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     if cls is None:
         raise ValueError(f"unknown event type {kind!r}")
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    values = {k: v for k, v in data.items() if k in names}
+    if "phase" in values:
+        values["phase"] = Phase.parse(values["phase"])
+    return cls(**values)

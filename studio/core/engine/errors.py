@@ -11,6 +11,7 @@ from __future__ import annotations
 import traceback
 
 from studio.core.events import Failed
+from studio.core.phases import phase_doing
 
 # Error types that mean the user's input is wrong (exit code 2), not that the job broke.
 BAD_INPUT_ERRORS = frozenset(
@@ -42,17 +43,6 @@ _GROUP_ADVICE = {
     "fixed": "close other programs that use the GPU",
 }
 
-_PHASE_WORDS = {
-    "resolving": "finding the model",
-    "converting": "converting the model",
-    "loading": "loading and quantizing the model",
-    "preparing": "preparing the model for k-bit training",
-    "applying_lora": "adding the LoRA adapter",
-    "tokenizing": "tokenizing the dataset",
-    "training": "training",
-    "saving": "saving the bundle",
-}
-
 
 class OutputExistsError(FileExistsError):
     """The bundle folder already exists and the run may not overwrite it."""
@@ -76,7 +66,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def oom_message(phase: str, estimate=None) -> str:
     """What to change after running out of GPU memory in ``phase``, from the estimate."""
-    doing = _PHASE_WORDS.get(phase, phase)
+    doing = phase_doing(phase)
     lines = [f"The GPU ran out of memory while {doing} (phase '{phase}')."]
     if estimate is not None:
         total = estimate.total_bytes
@@ -128,20 +118,20 @@ def failure_from_exception(exc: BaseException, phase: str, *, estimate=None) -> 
         return Failed(phase, error_type, str(exc), details)
     if isinstance(exc, MemoryError):
         message = (
-            f"The computer ran out of main memory while {_PHASE_WORDS.get(phase, phase)}. "
+            f"The computer ran out of main memory while {phase_doing(phase)}. "
             "Close other programs, lower training.batch_size or dataset.max_length, "
             "or pick a smaller model."
         )
         return Failed(phase, error_type, message, details)
     if isinstance(exc, OSError) and getattr(exc, "filename", None):
         message = (
-            f"A file operation failed while {_PHASE_WORDS.get(phase, phase)}: {exc}. "
+            f"A file operation failed while {phase_doing(phase)}: {exc}. "
             "Check that the folder exists, is writable and the disk is not full."
         )
         return Failed(phase, error_type, message, details)
     text = str(exc).strip() or error_type
     message = (
-        f"The job failed while {_PHASE_WORDS.get(phase, phase)}: {error_type}: {text}. "
+        f"The job failed while {phase_doing(phase)}: {error_type}: {text}. "
         "The traceback below says where; check the recipe values for this phase."
     )
     return Failed(phase, error_type, message, details)

@@ -1,7 +1,7 @@
 """The job: one run of a recipe inside the engine process, phase by phase.
 
 `run_job` is the child process's entry point (see `runner.EngineRunner`). The phases are
-those of `studio.core.events.PHASES`: resolving the model (converting a GGUF once), loading
+those of `studio.core.phases.Phase`: resolving the model (converting a GGUF once), loading
 and quantizing it, preparing it for k-bit training (the fp32 upcast is a recipe option),
 applying LoRA, tokenizing the dataset, training with the transformers Trainer, and saving
 the bundle. Each phase emits `PhaseChanged`; training emits what `callbacks.EngineCallback`
@@ -38,18 +38,22 @@ from studio.core.engine.checkpoints import (
     checkpoint_step,
     checkpoints_dir,
     last_checkpoint,
-    list_checkpoints,
 )
-from studio.core.engine.errors import CheckpointError, OutputExistsError, failure_from_exception
+from studio.core.engine.errors import OutputExistsError, failure_from_exception
+from studio.core.engine.output import check_start, inspect_output
 from studio.core.events import (
+    EvalLogged,
     Failed,
     Finished,
     LogMessage,
     PhaseChanged,
+    StepLogged,
     Stopped,
     event_from_dict,
+    rows_of,
     to_dict,
 )
+from studio.core.phases import Phase
 from studio.core.recipe import Recipe, recipe_to_toml
 
 RUN_METRICS = "metrics.jsonl"
@@ -160,7 +164,7 @@ class Job:
         self.emit = emit
         self.control = control
         self.should_stop = should_stop
-        self.phase = "resolving"
+        self.phase = Phase.CHECKING
         self.estimate = None
         self.metrics: list[dict] = []
         self.output_dir = Path(recipe.output.dir)
@@ -227,19 +231,9 @@ class Job:
 
     def _check_output(self) -> None:
         """Refuse to start when the bundle or an earlier run's checkpoints would be lost."""
-        if self.output_dir.exists() and not self.overwrite:
-            raise OutputExistsError(
-                f"output.dir {self.output_dir} already exists. Pass --overwrite (in the window: "
-                "confirm overwriting) to replace it, or choose another [output] dir."
-            )
-        if self.resume:
-            return
-        if self.ckpt_dir.exists():
-            if not self.overwrite and list_checkpoints(self.ckpt_dir):
-                raise CheckpointError(
-                    f"{self.ckpt_dir} holds checkpoints of an earlier run of this recipe. Pass "
-                    "--resume to continue that run, or --overwrite to start again from step 0."
-                )
+        self._phase(Phase.CHECKING, f"checking {self.output_dir}")
+        check_start(inspect_output(self.output_dir), resume=self.resume, overwrite=self.overwrite)
+        if not self.resume and self.ckpt_dir.exists():
             shutil.rmtree(self.ckpt_dir)
 
     def _run_phases(self):
@@ -249,7 +243,7 @@ class Job:
         from studio.core import gpu, memory, models, quant
 
         # resolving (+ converting)
-        self._phase("resolving", f"finding the model {recipe.model.source}")
+        self._phase(Phase.RESOLVING, f"finding the model {recipe.model.source}")
         device = quant.resolve_device(recipe.training.device, gpu.discover_gpus())
         compute_dtype = quant.resolve_compute_dtype(recipe.quantization.compute_dtype, device)
         recipe = replace(
@@ -257,7 +251,7 @@ class Job:
         )
         self.recipe = recipe
         resolved = models.resolve_model(recipe.model.source, progress=self._model_progress)
-        self.phase = "resolving"
+        self.phase = Phase.RESOLVING
         shape = None
         try:
             shape = models.read_shape(resolved, trust_remote_code=recipe.model.trust_remote_code)
@@ -290,7 +284,7 @@ class Job:
         self._check_stop()
 
         # loading + quantizing
-        self._phase("loading", f"loading {resolved.display_name}")
+        self._phase(Phase.LOADING, f"loading {resolved.display_name}")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         trc = recipe.model.trust_remote_code
@@ -307,7 +301,7 @@ class Job:
         }
         if bnb_config is not None:
             load_kwargs["quantization_config"] = bnb_config
-            self._phase("loading", f"loading and quantizing to {recipe.quantization.mode}")
+            self._phase(Phase.LOADING, f"loading and quantizing to {recipe.quantization.mode}")
         model = AutoModelForCausalLM.from_pretrained(resolved.path, **load_kwargs)
         model.config.use_cache = False
         keep_4bit_weights_trainable(model)
@@ -324,7 +318,7 @@ class Job:
         self._check_stop()
 
         # preparing
-        self._phase("preparing", "preparing the model for k-bit training")
+        self._phase(Phase.PREPARING, "preparing the model for k-bit training")
         model = prepare_for_training(
             model,
             quantized=bnb_config is not None,
@@ -334,7 +328,7 @@ class Job:
         self._check_stop()
 
         # applying_lora
-        self._phase("applying_lora", f"adding LoRA r={recipe.lora.r}")
+        self._phase(Phase.APPLYING_LORA, f"adding LoRA r={recipe.lora.r}")
         from transformers import set_seed
 
         set_seed(recipe.training.seed)  # LoRA's initial A matrices come from the global RNG
@@ -347,7 +341,7 @@ class Job:
         self._check_stop()
 
         # tokenizing
-        self._phase("tokenizing", f"tokenizing {recipe.dataset.path}")
+        self._phase(Phase.TOKENIZING, f"tokenizing {recipe.dataset.path}")
         from studio.core import data
 
         prepared = data.prepare_datasets(recipe.dataset, tokenizer, seed=recipe.training.seed)
@@ -365,7 +359,7 @@ class Job:
         self._check_stop()
 
         # training
-        self._phase("training", "starting")
+        self._phase(Phase.TRAINING, "starting")
         trainer, callback = self._build_trainer(model, tokenizer, prepared, device)
         resume_from = self._resume_checkpoint()
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -375,12 +369,12 @@ class Job:
             return Stopped(step=step, checkpoint=str(checkpoint) if checkpoint else None)
 
         # saving
-        self._phase("saving", f"writing the bundle to {self.output_dir}")
+        self._phase(Phase.SAVING, f"writing the bundle to {self.output_dir}")
         measured = measure_peak(device.torch_device)
         return self._save_bundle(model, tokenizer, step, measured)
 
     def _model_progress(self, what: str, fraction: float | None) -> None:
-        phase = "converting" if "convert" in what else "resolving"
+        phase = Phase.CONVERTING if "convert" in what else Phase.RESOLVING
         self.phase = phase
         self.emit(PhaseChanged(phase, what, fraction))
 
@@ -471,8 +465,8 @@ class Job:
     def _save_bundle(self, model, tokenizer, step: int, measured: dict):
         from studio.core import bundle, quant
 
-        steps = [m for m in self.metrics if m.get("type") == "StepLogged"]
-        evals = [m for m in self.metrics if m.get("type") == "EvalLogged"]
+        steps = rows_of(self.metrics, StepLogged)
+        evals = rows_of(self.metrics, EvalLogged)
         final_loss = steps[-1]["loss"] if steps else None
         run = {
             "steps": step,

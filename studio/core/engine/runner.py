@@ -22,6 +22,7 @@ import threading
 
 from studio.core.engine.control import ControlChannel
 from studio.core.events import TERMINAL_EVENTS, Failed, LogMessage, PhaseChanged
+from studio.core.phases import Phase, phase_doing
 from studio.core.recipe import Recipe
 
 # Strong references: a runner dropped by its owner must still be found (and its child killed)
@@ -87,7 +88,7 @@ class EngineRunner:
         self._reader: threading.Thread | None = None
         self._events: queue.Queue = queue.Queue()
         self._terminal = None
-        self._last_phase = "resolving"
+        self._last_phase = Phase.STARTING
         self._killed = False
         self._exitcode: int | None = None
         self._lock = threading.Lock()
@@ -191,13 +192,14 @@ class EngineRunner:
             return Failed(
                 self._last_phase,
                 "EngineKilled",
-                f"The job was killed while {self._last_phase} ({detail}). Checkpoints already "
+                f"The job was killed while {phase_doing(self._last_phase)} ({detail}). Checkpoints already "
                 "written are kept: run it again with resume to continue from the last one.",
             )
         return Failed(
             self._last_phase,
             "EngineCrashed",
-            f"The engine process ended unexpectedly with {detail} while {self._last_phase}. "
+            f"The engine process ended unexpectedly with {detail} while "
+            f"{phase_doing(self._last_phase)}. "
             "This is usually a crash in native code or the system running out of memory; "
             "checkpoints already written are kept, so resume can continue from the last one.",
         )

@@ -114,6 +114,9 @@ class MemoryEstimate:
     verdict: str  # "fits" | "tight" | "does_not_fit"
     advice: str | None
     compute_dtype: str = ""
+    # The recipe changes the advice names ({"training": {"batch_size": 2}}), when it names one
+    # that makes the run fit (or fit tightly); None otherwise.
+    advice_changes: dict | None = None
 
     def largest_first(self) -> list[Term]:
         """The non-zero terms, largest first."""
@@ -141,6 +144,7 @@ class MemoryEstimate:
             "fits": self.fits,
             "verdict": self.verdict,
             "advice": self.advice,
+            "advice_changes": self.advice_changes,
             "compute_dtype": self.compute_dtype,
         }
 
@@ -500,7 +504,8 @@ def estimate(shape: ModelShape, recipe: Recipe, device, *, _advise: bool = True)
         compute_dtype=dtype,
     )
     if _advise and verdict != "fits" and capacity is not None:
-        est = replace(est, advice=_advice(shape, recipe, device, est))
+        advice, changes = _advice(shape, recipe, device, est)
+        est = replace(est, advice=advice, advice_changes=changes)
     return est
 
 
@@ -605,22 +610,27 @@ def _changed(recipe: Recipe, changes: dict) -> Recipe:
     return replace(recipe, **sections)
 
 
-def _advice(shape: ModelShape, recipe: Recipe, device, current: MemoryEstimate) -> str:
-    """The one change that makes it fit, found by re-estimating each candidate."""
+def _advice(
+    shape: ModelShape, recipe: Recipe, device, current: MemoryEstimate
+) -> tuple[str, dict | None]:
+    """The one change that makes it fit, found by re-estimating each candidate, as text and
+    as recipe changes (None when no change is named that makes it fit)."""
     candidates = _candidates(recipe)
-    tight: tuple[str, MemoryEstimate] | None = None
+    tight: tuple[str, MemoryEstimate, dict] | None = None
     for label, changes in candidates:
         est = estimate(shape, _changed(recipe, changes), device, _advise=False)
         if est.verdict == "fits":
-            return f"To fit: {label} (estimate {format_bytes(est.total_bytes)})."
+            return f"To fit: {label} (estimate {format_bytes(est.total_bytes)}).", changes
         if est.verdict == "tight" and tight is None:
-            tight = (label, est)
+            tight = (label, est, changes)
     if current.verdict == "tight":
-        return "Tight: under 10% headroom, so fragmentation may still run out of memory" + (
+        text = "Tight: under 10% headroom, so fragmentation may still run out of memory" + (
             f"; {tight[0]} would leave a little more room." if tight else "."
         )
+        return text, None
     if tight:
-        return f"To fit (tightly): {tight[0]} (estimate {format_bytes(tight[1].total_bytes)})."
+        text = f"To fit (tightly): {tight[0]} (estimate {format_bytes(tight[1].total_bytes)})."
+        return text, tight[2]
     # several changes together, in order, until it fits
     applied: list[str] = []
     changes: dict = {}
@@ -632,13 +642,15 @@ def _advice(shape: ModelShape, recipe: Recipe, device, current: MemoryEstimate) 
         if est.verdict != "does_not_fit":
             return (
                 f"No single change is enough; together: {'; '.join(applied)} "
-                f"(estimate {format_bytes(est.total_bytes)})."
+                f"(estimate {format_bytes(est.total_bytes)}).",
+                changes,
             )
     need = current.total_bytes - (current.capacity_bytes or 0)
     return (
         f"Does not fit even with every saving applied ({format_bytes(est.total_bytes)}); "
         f"it needs {format_bytes(need)} more than is free. Pick a smaller model or a device "
-        "with more memory."
+        "with more memory.",
+        None,
     )
 
 

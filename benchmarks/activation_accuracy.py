@@ -72,10 +72,11 @@ def main() -> int:
         prepare_for_training,
     )
     from studio.core.gpu import discover_gpus
-    from studio.core.memory import estimate, format_bytes
+    from studio.core.memory import estimate
     from studio.core.models import read_shape, resolve_model
     from studio.core.quant import make_bnb_config, resolve_device
     from studio.core.recipe import BUILTIN_MODEL, Recipe
+    from studio.core.units import format_bytes
 
     resolved = resolve_model(BUILTIN_MODEL)
     shape = read_shape(resolved)

@@ -29,6 +29,7 @@ from typing import Any
 from studio.core.atomic import replace_dir, temporary_sibling_dir
 from studio.core.events import EvalLogged, StepLogged, rows_of
 from studio.core.recipe import Recipe, RecipeError, load_recipe, recipe_to_toml
+from studio.core.units import format_bytes
 
 MANIFEST = "manifest.json"
 QUANT_CONFIG = "quantization_config.json"
@@ -278,12 +279,6 @@ def render_plots(
     return loss_png, vram_png
 
 
-def _fmt_bytes(value: int | None) -> str:
-    from studio.core.memory import format_bytes
-
-    return "unknown" if value is None else format_bytes(value)
-
-
 def model_card(
     recipe: Recipe,
     *,
@@ -350,9 +345,9 @@ def model_card(
     if eval_loss is not None:
         lines.append(f"- Final evaluation loss: {eval_loss:.4f}")
     lines += [
-        f"- Memory estimate: {_fmt_bytes((estimate or {}).get('total_bytes'))}",
+        f"- Memory estimate: {format_bytes((estimate or {}).get('total_bytes'))}",
         f"- Measured peak ({(measured or {}).get('kind', 'n/a')}): "
-        f"{_fmt_bytes((measured or {}).get('bytes'))}",
+        f"{format_bytes((measured or {}).get('bytes'))}",
         "",
         "![loss](loss.png)",
         "",

@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 
+from studio.core import units
 from studio.core.models import LinearShape, ModelShape
 from studio.core.recipe import Recipe
 
@@ -620,7 +621,7 @@ def _advice(
     for label, changes in candidates:
         est = estimate(shape, _changed(recipe, changes), device, _advise=False)
         if est.verdict == "fits":
-            return f"To fit: {label} (estimate {format_bytes(est.total_bytes)}).", changes
+            return f"To fit: {label} (estimate {units.format_bytes(est.total_bytes)}).", changes
         if est.verdict == "tight" and tight is None:
             tight = (label, est, changes)
     if current.verdict == "tight":
@@ -629,7 +630,9 @@ def _advice(
         )
         return text, None
     if tight:
-        text = f"To fit (tightly): {tight[0]} (estimate {format_bytes(tight[1].total_bytes)})."
+        text = (
+            f"To fit (tightly): {tight[0]} (estimate {units.format_bytes(tight[1].total_bytes)})."
+        )
         return text, tight[2]
     # several changes together, in order, until it fits
     applied: list[str] = []
@@ -642,31 +645,19 @@ def _advice(
         if est.verdict != "does_not_fit":
             return (
                 f"No single change is enough; together: {'; '.join(applied)} "
-                f"(estimate {format_bytes(est.total_bytes)}).",
+                f"(estimate {units.format_bytes(est.total_bytes)}).",
                 changes,
             )
     need = current.total_bytes - (current.capacity_bytes or 0)
     return (
-        f"Does not fit even with every saving applied ({format_bytes(est.total_bytes)}); "
-        f"it needs {format_bytes(need)} more than is free. Pick a smaller model or a device "
+        f"Does not fit even with every saving applied ({units.format_bytes(est.total_bytes)}); "
+        f"it needs {units.format_bytes(need)} more than is free. Pick a smaller model or a device "
         "with more memory.",
         None,
     )
 
 
 # --------------------------------------------------------------------------- presenting
-
-
-def format_bytes(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    if abs(n) >= GIB:
-        return f"{n / GIB:.2f} GiB"
-    if abs(n) >= MIB:
-        return f"{n / MIB:.1f} MiB"
-    if abs(n) >= 1024:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n} B"
 
 
 VERDICT_TEXT = {
@@ -678,24 +669,26 @@ VERDICT_TEXT = {
 
 def format_table(est: MemoryEstimate) -> str:
     """A plain-text table, largest terms first, then total, capacity, verdict and advice."""
-    rows = [(t.label, format_bytes(t.bytes), t.note) for t in est.largest_first()]
+    rows = [(t.label, units.format_bytes(t.bytes), t.note) for t in est.largest_first()]
     width = max([len(r[0]) for r in rows] + [len("Total")])
     lines = [f"{'Term'.ljust(width)}  {'Size':>10}  Note", "-" * (width + 40)]
     lines += [f"{label.ljust(width)}  {size:>10}  {note}" for label, size, note in rows]
     lines.append("-" * (width + 40))
-    lines.append(f"{'Total'.ljust(width)}  {format_bytes(est.total_bytes):>10}")
+    lines.append(f"{'Total'.ljust(width)}  {units.format_bytes(est.total_bytes):>10}")
     off_peak = est.off_peak_terms()
     if off_peak:
         lines.append(
             "Not at the peak (in use during a step, counted 0): "
-            + ", ".join(f"{t.label} {format_bytes(t.off_peak_bytes)}" for t in off_peak)
+            + ", ".join(f"{t.label} {units.format_bytes(t.off_peak_bytes)}" for t in off_peak)
         )
     lines.append(
-        f"{'Loaded weights'.ljust(width)}  {format_bytes(est.weights_bytes):>10}  "
+        f"{'Loaded weights'.ljust(width)}  {units.format_bytes(est.weights_bytes):>10}  "
         f"({est.weights_bytes:,} bytes)"
     )
     cap_label = "Free GPU memory" if est.device != "CPU" else "Available RAM"
-    lines.append(f"{cap_label.ljust(width)}  {format_bytes(est.capacity_bytes):>10}  {est.device}")
+    lines.append(
+        f"{cap_label.ljust(width)}  {units.format_bytes(est.capacity_bytes):>10}  {est.device}"
+    )
     lines.append(f"Verdict: {VERDICT_TEXT.get(est.verdict, est.verdict)}")
     if est.advice:
         lines.append(f"Advice: {est.advice}")

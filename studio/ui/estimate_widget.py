@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.ui.format import format_bytes
+from studio.core.units import format_bytes
 
 # One hue per group, shades within a group (terms sorted largest first).
 GROUP_COLORS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QWidget
 
-from studio.ui.format import format_bytes
+from studio.core.units import format_bytes
 
 BADGE_STYLE = "QLabel { border-radius: 4px; padding: 1px 6px; color: white; background: %s; }"
 

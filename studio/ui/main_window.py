@@ -45,10 +45,10 @@ from studio.core.events import (
     Stopped,
 )
 from studio.core.recipe import Recipe, RecipeError, load_recipe, recipe_to_toml, save_recipe
+from studio.core.units import format_bytes
 from studio.ui.chat_panel import ChatPanel
 from studio.ui.dataset_panel import DatasetPanel
 from studio.ui.estimate_widget import EstimatePanel
-from studio.ui.format import format_bytes
 from studio.ui.hardware_panel import HardwarePanel
 from studio.ui.job_controller import JobController
 from studio.ui.model_panel import ModelPanel

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.events import PHASES
-from studio.ui.format import format_duration
+from studio.core.units import format_duration
 
 PHASE_NAMES = {
     "starting": "Starting",

@@ -16,7 +16,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel
 
 from studio.core.memory import estimate
-from studio.ui.format import format_bytes
+from studio.core.units import format_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -55,6 +55,7 @@ from studio.core.events import (
 )
 from studio.core.phases import Phase
 from studio.core.recipe import Recipe, recipe_to_toml
+from studio.core.units import format_bytes
 
 RUN_METRICS = "metrics.jsonl"
 RUN_RECIPE = "recipe.toml"
@@ -278,7 +279,7 @@ class Job:
         )
         if self.estimate is not None:
             self._log(
-                f"Memory estimate: {memory.format_bytes(self.estimate.total_bytes)} "
+                f"Memory estimate: {format_bytes(self.estimate.total_bytes)} "
                 f"({self.estimate.verdict})"
             )
         self._check_stop()
@@ -308,9 +309,9 @@ class Job:
         weights = memory.measure_model_bytes(model)
         self.info["measured_weights_bytes"] = weights
         self._log(
-            f"Loaded model holds {memory.format_bytes(weights)}"
+            f"Loaded model holds {format_bytes(weights)}"
             + (
-                f" (estimate {memory.format_bytes(self.estimate.weights_bytes)})"
+                f" (estimate {format_bytes(self.estimate.weights_bytes)})"
                 if self.estimate is not None
                 else ""
             )

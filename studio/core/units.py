@@ -22,16 +22,16 @@ def format_bytes(n: int | float | None) -> str:
     """A byte count in binary units with two decimals: ``"1.27 GiB"``, ``"512.00 MiB"``,
     ``"3.50 KiB"``, ``"1.00 TiB"``; under 1 KiB whole bytes (``"512 B"``).
 
-    The unit is the largest (KiB, MiB, GiB, TiB) in which the rounded figure is at least
-    1.00, so ``1023 * 2**20`` is ``"1023.00 MiB"``, ``2**30 - 1`` is ``"1.00 GiB"`` (never
-    ``"1024.00 MiB"``). Negative values keep their sign (``"-1.50 GiB"``). None or NaN:
+    The unit is the largest (KiB, MiB, GiB, TiB) the value reaches, so ``1023 * 2**20`` is
+    ``"1023.00 MiB"``; a value that would read ``"1024.00"`` in a unit is shown in the next
+    (``2**30 - 1`` is ``"1.00 GiB"``). Negative values keep their sign (``"-1.50 GiB"``). None or NaN:
     ``"—"``.
     """
     if _unknown(n):
         return UNKNOWN
     value = float(n)  # type: ignore[arg-type]
     for unit, size in _BYTE_UNITS:
-        if round(abs(value) / size, 2) >= 1:
+        if round(abs(value) / (size >> 10), 2) >= 1024:  # would read 1024.00 one unit down
             return f"{value / size:.2f} {unit}"
     return f"{int(value)} B"
 
@@ -55,11 +55,12 @@ def format_duration(seconds: int | float | None) -> str:
 
 def format_count(n: int | float | None) -> str:
     """A count in decimal units with one decimal: ``"134.5 M"``, ``"12.3 k"``, ``"7.0 B"``
-    (billions); under 1000 the whole number (``"999"``). None or NaN: ``"—"``."""
+    (billions); under 1000 the whole number (``"999"``). A value that would read ``"1000.0"``
+    in a unit is shown in the next (``999_960`` is ``"1.0 M"``). None or NaN: ``"—"``."""
     if _unknown(n):
         return UNKNOWN
     value = float(n)  # type: ignore[arg-type]
     for unit, size in _COUNT_UNITS:
-        if round(abs(value) / size, 1) >= 1:
+        if round(abs(value) / (size / 1000), 1) >= 1000:  # would read 1000.0 one unit down
             return f"{value / size:.1f} {unit}"
     return f"{int(value)}"

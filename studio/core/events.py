@@ -25,7 +25,8 @@ class PhaseChanged:
 
 @dataclass(frozen=True)
 class StepLogged:
-    """One logged optimizer step. CUDA figures are None on the CPU."""
+    """One logged optimizer step. CUDA figures are None on the CPU; ``process_rss_bytes`` is
+    the engine process's resident (host) memory at the step, None where unknown."""
 
     step: int
     max_steps: int
@@ -39,6 +40,7 @@ class StepLogged:
     cuda_allocated_bytes: int | None = None
     cuda_reserved_bytes: int | None = None
     cuda_peak_bytes: int | None = None
+    process_rss_bytes: int | None = None
 
 
 @dataclass(frozen=True)

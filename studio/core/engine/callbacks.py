@@ -29,7 +29,8 @@ def _make_callback_class():
         ``emit`` sends one event; ``control`` is the `ControlChannel`; ``should_stop`` tells
         whether to stop (a user request, or the parent process gone); ``on_metrics`` receives
         every StepLogged/EvalLogged for metrics.jsonl; ``cuda_device`` (``cuda:N``) adds torch's
-        memory figures for that GPU to each step.
+        memory figures for that GPU to each step. Every step carries the engine process's
+        resident memory.
         """
 
         def __init__(
@@ -52,6 +53,7 @@ def _make_callback_class():
             self._start_step = 0
             self._last_time = self._t0
             self._last_tokens = 0
+            self._process = None  # psutil's handle on this process, made at the first step
 
         # -- time accounting ---------------------------------------------------------------
         def _active_elapsed(self) -> float:
@@ -105,6 +107,17 @@ def _make_callback_class():
                 self.emit(event)
             return control
 
+        def _process_rss(self) -> int | None:
+            """This process's resident memory (the engine starts no child processes)."""
+            import psutil
+
+            try:
+                if self._process is None:
+                    self._process = psutil.Process()
+                return int(self._process.memory_info().rss)
+            except psutil.Error:
+                return None
+
         def _emit_step(self, state, logs) -> None:
             now = self._active_elapsed()
             tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
@@ -135,6 +148,7 @@ def _make_callback_class():
                 cuda_allocated_bytes=allocated,
                 cuda_reserved_bytes=reserved,
                 cuda_peak_bytes=peak,
+                process_rss_bytes=self._process_rss(),
             )
             self.on_metrics(event)
             self.emit(event)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from studio.core.atomic import replace_dir, temporary_sibling_dir
-from studio.core.events import EvalLogged, StepLogged, rows_of
 from studio.core.recipe import Recipe, RecipeError, load_recipe, recipe_to_toml
 from studio.core.units import format_bytes
 
@@ -232,51 +231,12 @@ def read_bundle(path: str | Path) -> BundleInfo:
 def render_plots(
     metrics: Iterable[dict], *, estimate: dict | None, measured: dict | None
 ) -> tuple[bytes, bytes]:
-    """PNG bytes of the loss chart and the memory chart for ``metrics`` (event dicts)."""
-    from studio.core.plots import Series, line_chart_png
+    """PNG bytes of the loss chart and the memory chart for ``metrics`` (event dicts);
+    what they show is `studio.core.plots.bundle_charts`."""
+    from studio.core.plots import bundle_charts
 
-    metrics = list(metrics)
-    steps = rows_of(metrics, StepLogged)
-    evals = rows_of(metrics, EvalLogged)
-    loss_series = [Series("train loss", [m["step"] for m in steps], [m["loss"] for m in steps])]
-    if evals:
-        loss_series.append(
-            Series("eval loss", [m["step"] for m in evals], [m["eval_loss"] for m in evals])
-        )
-    loss_png = line_chart_png(
-        loss_series,
-        title="Loss",
-        x_label="step",
-        y_label="loss",
-        note="" if steps else "no steps were logged",
-    )
-    gib = 2**30
-    vram_series = []
-    cuda = [m for m in steps if m.get("cuda_reserved_bytes") is not None]
-    xs = [m["step"] for m in cuda]
-    if cuda:
-        vram_series += [
-            Series("allocated", xs, [m["cuda_allocated_bytes"] / gib for m in cuda]),
-            Series("reserved", xs, [m["cuda_reserved_bytes"] / gib for m in cuda]),
-            Series("peak reserved", xs, [m["cuda_peak_bytes"] / gib for m in cuda]),
-        ]
-    span = [xs[0], xs[-1]] if len(xs) > 1 else [s["step"] for s in steps[:1] + steps[-1:]]
-    if estimate and estimate.get("total_bytes") and span:
-        vram_series.append(
-            Series("estimate", span, [estimate["total_bytes"] / gib] * len(span), dashed=True)
-        )
-    note = "" if cuda else "trained on the CPU: no GPU memory figures"
-    if not cuda and measured and measured.get("bytes"):
-        note = f"trained on the CPU: peak RSS {measured['bytes'] / gib:.2f} GiB"
-    vram_png = line_chart_png(
-        vram_series,
-        title="GPU memory (GiB)",
-        x_label="step",
-        y_label="GiB",
-        note=note,
-        y_from_zero=True,
-    )
-    return loss_png, vram_png
+    loss, memory = bundle_charts(metrics, estimate=estimate, measured=measured)
+    return loss.png(), memory.png()
 
 
 def model_card(

@@ -3,7 +3,8 @@
 `line_chart_png` draws one or more series on a white canvas with a framed plot area, tick
 labels, a title and a legend, and returns PNG bytes. Text uses a built-in 5x7 pixel font
 (upper-case letters, digits and a little punctuation; lower case is shown as upper case).
-Used for the bundle's ``loss.png`` and ``vram.png``; the GUI draws its live plots itself.
+`bundle_charts` says what the bundle's ``loss.png`` and ``vram.png`` show (as `Chart`s, whose
+series and axes can be read without decoding the image); the GUI draws its live plots itself.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import math
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from studio.core.events import EvalLogged, StepLogged, rows_of
 
 _FONT_ROWS = {
     "0": "01110 10001 10011 10101 11001 10001 01110",
@@ -142,15 +145,38 @@ def text_width(text: str, scale: int = 1) -> int:
     return max(len(text) * 6 - 1, 0) * scale
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values covering ``low``..``high`` (about ``count`` of them)."""
+def nice_ticks(low: float, high: float, count: int = 5, *, integer: bool = False) -> list[float]:
+    """Round tick values covering ``low``..``high`` (about ``count`` of them); with
+    ``integer`` only whole numbers (for steps)."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return []
     if high <= low:
         high = low + (abs(low) or 1.0)
     raw = (high - low) / max(count, 1)
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    factors = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
+    step = next(m * magnitude for m in factors if m * magnitude >= raw)
+    if integer:
+        step = max(1, round(step))
+    return _ticks_every(low, high, step)
+
+
+def time_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Ticks for seconds: round numbers, or whole minutes and hours once the span is long
+    enough to be shown as clock time (see `format_clock`)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return []
+    if high < CLOCK_FROM_S:
+        return nice_ticks(low, high, count)
+    raw = (high - low) / max(count, 1)
+    steps = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+    step = next((s for s in steps if s >= raw), None)
+    if step is None:
+        return nice_ticks(low, high, count)
+    return _ticks_every(low, high, step)
+
+
+def _ticks_every(low: float, high: float, step: float) -> list[float]:
     start = math.ceil(low / step - 1e-9) * step
     ticks = []
     value = start
@@ -173,6 +199,95 @@ def format_tick(value: float) -> str:
     return f"{value:.3g}"
 
 
+CLOCK_FROM_S = 600.0  # time axes spanning this many seconds or more read as m:ss
+
+
+def format_clock(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on."""
+    total = round(seconds)
+    sign, total = ("-", -total) if total < 0 else ("", total)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{sign}{hours}:{minutes:02d}:{secs:02d}"
+    return f"{sign}{minutes}:{secs:02d}"
+
+
+# A series with at most this many points gets a marker on each point: a single point, or a
+# few, would otherwise be invisible or read as a bent line with no data behind the bends.
+MARKERS_UP_TO = 40
+
+
+def shows_markers(series: Series) -> bool:
+    """Whether `line_chart_png` marks each point of ``series`` (reference lines never)."""
+    points = sum(1 for x, y in zip(series.xs, series.ys, strict=False) if _finite(x) and _finite(y))
+    return not series.dashed and 0 < points <= MARKERS_UP_TO
+
+
+@dataclass(frozen=True)
+class Axes:
+    """Where a chart's axes start and end and where their ticks go (with their labels)."""
+
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+    x_ticks: list[float]
+    y_ticks: list[float]
+    x_labels: list[str]
+
+
+def _span(low: float, high: float) -> tuple[float, float]:
+    """``low``..``high``, widened around the value when it is (all but) a single value, so
+    that a flat series sits in the middle of a readable range instead of on an edge."""
+    if high - low <= 1e-9 * max(abs(low), abs(high), 1e-300):
+        middle = (low + high) / 2
+        pad = abs(middle) * 0.1 or 1.0
+        return middle - pad, middle + pad
+    return low, high
+
+
+def chart_axes(series: Sequence[Series], *, x_kind: str = "number", y_from_zero: bool = False):
+    """The `Axes` `line_chart_png` draws for ``series``. ``x_kind``: ``"number"``,
+    ``"integer"`` (whole-number ticks, for steps) or ``"seconds"`` (`time_ticks`, read as
+    m:ss from `CLOCK_FROM_S` on)."""
+    points = [
+        (float(x), float(y))
+        for s in series
+        for x, y in zip(s.xs, s.ys, strict=False)
+        if _finite(x) and _finite(y)
+    ]
+    if not points:
+        y_ticks = nice_ticks(0.0, 1.0) if y_from_zero else []
+        return Axes((0.0, 1.0), (0.0, 1.0), [], y_ticks, [])
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    if y_from_zero:
+        ys.append(0.0)
+    x_low, x_high = min(xs), max(xs)
+    if x_kind == "integer" and x_high - x_low < 2:
+        x_low, x_high = math.floor(x_low) - 1, math.ceil(x_high) + 1
+    else:
+        x_low, x_high = _span(x_low, x_high)
+    y_low, y_high = _span(min(ys), max(ys))
+    pad = (y_high - y_low) * 0.05  # keeps lines at the extremes off the frame
+    y_low, y_high = y_low - pad, y_high + pad
+    if y_from_zero and y_low < 0 <= min(ys):
+        y_low = 0.0
+    if x_kind == "seconds":
+        x_ticks = time_ticks(x_low, x_high)
+        clock = x_high >= CLOCK_FROM_S
+        x_labels = [format_clock(t) if clock else format_tick(t) for t in x_ticks]
+    else:
+        x_ticks = nice_ticks(x_low, x_high, integer=x_kind == "integer")
+        x_labels = [format_tick(t) for t in x_ticks]
+    y_ticks = nice_ticks(y_low, y_high)
+    return Axes(
+        (min([x_low, *x_ticks[:1]]), max([x_high, *x_ticks[-1:]])),
+        (min([y_low, *y_ticks[:1]]), max([y_high, *y_ticks[-1:]])),
+        x_ticks,
+        y_ticks,
+        x_labels,
+    )
+
+
 def line_chart_png(
     series: Sequence[Series],
     *,
@@ -184,10 +299,12 @@ def line_chart_png(
     height: int = 400,
     y_format=format_tick,
     y_from_zero: bool = False,
+    x_kind: str = "number",
 ) -> bytes:
     """PNG bytes of a line chart of ``series``; ``note`` is printed in the plot area if given
     (e.g. why there is nothing to show); ``y_from_zero`` starts the y axis at 0 (for
-    quantities such as memory). Non-finite points are skipped."""
+    quantities such as memory); ``x_kind`` as in `chart_axes`. Non-finite points are
+    skipped; a series of few points gets a marker on each (`shows_markers`)."""
     canvas = _Canvas(width, height)
     left, right, top, bottom = 70, width - 20, 34, height - 44
     canvas.text(left, 10, title, scale=2)
@@ -202,19 +319,8 @@ def line_chart_png(
         )
         for s in series
     ]
-    points = [p for _, pts in drawn for p in pts]
-    if points:
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        if y_from_zero:
-            ys.append(0.0)
-        x_ticks = nice_ticks(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1)
-        y_ticks = nice_ticks(min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1)
-        x_lo, x_hi = min(x_ticks[0], min(xs)), max(x_ticks[-1], max(xs))
-        y_lo, y_hi = min(y_ticks[0], min(ys)), max(y_ticks[-1], max(ys))
-    else:
-        x_ticks, y_ticks, x_lo, x_hi, y_lo, y_hi = [], [], 0.0, 1.0, 0.0, 1.0
-        if y_from_zero:
-            y_ticks = nice_ticks(0.0, 1.0)
+    axes = chart_axes(series, x_kind=x_kind, y_from_zero=y_from_zero)
+    (x_lo, x_hi), (y_lo, y_hi) = axes.x_range, axes.y_range
 
     def px(x: float) -> float:
         return left + (x - x_lo) / ((x_hi - x_lo) or 1.0) * (right - left)
@@ -223,15 +329,14 @@ def line_chart_png(
         return bottom - (y - y_lo) / ((y_hi - y_lo) or 1.0) * (bottom - top)
 
     grid, axis = (232, 232, 232), (90, 90, 90)
-    for tick in y_ticks:
+    for tick in axes.y_ticks:
         y = round(py(tick))
         canvas.line(left, y, right, y, grid)
         label = y_format(tick)
         canvas.text(left - 6 - text_width(label), y - 3, label)
-    for tick in x_ticks:
+    for tick, label in zip(axes.x_ticks, axes.x_labels, strict=True):
         x = round(px(tick))
         canvas.line(x, top, x, bottom, grid)
-        label = format_tick(tick)
         canvas.text(x - text_width(label) // 2, bottom + 6, label)
     canvas.line(left, top, left, bottom, axis)
     canvas.line(left, bottom, right, bottom, axis)
@@ -244,11 +349,12 @@ def line_chart_png(
 
     for index, (s, pts) in enumerate(drawn):
         color = PALETTE[index % len(PALETTE)]
-        if len(pts) == 1:
-            x, y = px(pts[0][0]), py(pts[0][1])
-            canvas.fill(round(x) - 2, round(y) - 2, round(x) + 2, round(y) + 2, color)
         for (xa, ya), (xb, yb) in zip(pts, pts[1:], strict=False):
             canvas.line(px(xa), py(ya), px(xb), py(yb), color, width=2, dashed=s.dashed)
+        if shows_markers(s):
+            for x, y in pts:
+                x, y = round(px(x)), round(py(y))
+                canvas.fill(x - 2, y - 2, x + 2, y + 2, color)
     legend_y = top + 8
     for index, (s, _) in enumerate(drawn):
         color = PALETTE[index % len(PALETTE)]
@@ -260,6 +366,142 @@ def line_chart_png(
     if note:
         canvas.text((left + right - text_width(note)) // 2, (top + bottom) // 2, note)
     return canvas.png()
+
+
+# ------------------------------------------------------------------ the bundle's charts
+@dataclass(frozen=True)
+class Chart:
+    """A chart `line_chart_png` draws: its series and options, kept so they can be read."""
+
+    series: tuple[Series, ...]
+    title: str = ""
+    x_label: str = ""
+    y_label: str = ""
+    note: str = ""
+    y_from_zero: bool = False
+    x_kind: str = "number"
+
+    def axes(self) -> Axes:
+        return chart_axes(self.series, x_kind=self.x_kind, y_from_zero=self.y_from_zero)
+
+    def png(self, width: int = 640, height: int = 400) -> bytes:
+        return line_chart_png(
+            self.series,
+            title=self.title,
+            x_label=self.x_label,
+            y_label=self.y_label,
+            note=self.note,
+            width=width,
+            height=height,
+            y_from_zero=self.y_from_zero,
+            x_kind=self.x_kind,
+        )
+
+
+GIB = float(1 << 30)
+RSS_LABEL = "engine process RSS"
+
+
+def training_seconds(steps: Sequence[dict]) -> list[float]:
+    """Each step's ``elapsed_s`` as time since the run began: a resumed run's clock starts
+    again at 0, so from a step whose time went back on, the earlier sessions' time is added."""
+    times: list[float] = []
+    offset = previous = 0.0
+    for row in steps:
+        elapsed = float(row.get("elapsed_s") or 0.0)
+        if elapsed < previous:  # a new session: its clock restarted at 0
+            offset = times[-1]
+        previous = elapsed
+        times.append(offset + elapsed)
+    return times
+
+
+def loss_chart(metrics: Sequence[dict]) -> Chart:
+    """``loss.png``: training loss (and evaluation loss) against steps."""
+    steps = rows_of(metrics, StepLogged)
+    evals = rows_of(metrics, EvalLogged)
+    series = [Series("train loss", [m["step"] for m in steps], [m["loss"] for m in steps])]
+    if evals:
+        series.append(
+            Series("eval loss", [m["step"] for m in evals], [m["eval_loss"] for m in evals])
+        )
+    return Chart(
+        tuple(series),
+        title="Loss",
+        x_label="step",
+        y_label="loss",
+        note="" if steps else "no steps were logged",
+        x_kind="integer",
+    )
+
+
+def memory_chart(
+    metrics: Sequence[dict], *, estimate: dict | None = None, measured: dict | None = None
+) -> Chart:
+    """``vram.png``: memory (GiB) against the run's training time (``elapsed_s``).
+
+    On a GPU: torch's allocated, reserved and peak reserved memory. The engine process's
+    resident memory (host RAM) is left out there: it is often several times the GPU
+    figures and would flatten them. On the CPU: the engine process's resident memory
+    (``process_rss_bytes``, "engine process RSS"). Both with the estimate as a dashed line.
+    """
+    steps = rows_of(metrics, StepLogged)
+    times = training_seconds(steps)
+    timed = list(zip(times, steps, strict=True))
+    cuda = [(t, m) for t, m in timed if m.get("cuda_reserved_bytes") is not None]
+    series: list[Series] = []
+    if cuda:
+        xs = [t for t, _ in cuda]
+        for label, key in (
+            ("allocated", "cuda_allocated_bytes"),
+            ("reserved", "cuda_reserved_bytes"),
+            ("peak reserved", "cuda_peak_bytes"),
+        ):
+            series.append(Series(label, xs, [_gib(m.get(key)) for _, m in cuda]))
+        span_rows = cuda
+    else:
+        span_rows = [(t, m) for t, m in timed if m.get("process_rss_bytes") is not None]
+        if span_rows:
+            series.append(
+                Series(
+                    RSS_LABEL,
+                    [t for t, _ in span_rows],
+                    [_gib(m["process_rss_bytes"]) for _, m in span_rows],
+                )
+            )
+    span_rows = span_rows or timed
+    span = sorted({span_rows[0][0], span_rows[-1][0]}) if span_rows else []
+    if estimate and estimate.get("total_bytes") and span:
+        series.append(
+            Series("estimate", span, [estimate["total_bytes"] / GIB] * len(span), dashed=True)
+        )
+    note = ""
+    if not cuda and not any(s.label == RSS_LABEL for s in series):
+        note = "trained on the CPU: no GPU memory figures"
+        if measured and measured.get("bytes"):
+            note = f"trained on the CPU: peak RSS {measured['bytes'] / GIB:.2f} GiB"
+    chart = Chart(
+        tuple(series),
+        title="GPU memory (GiB)" if cuda else "Memory (GiB)",
+        y_label="GiB",
+        note=note,
+        y_from_zero=True,
+        x_kind="seconds",
+    )
+    clock = chart.axes().x_range[1] >= CLOCK_FROM_S
+    return replace(chart, x_label=f"training time ({'m:ss' if clock else 'seconds'})")
+
+
+def bundle_charts(
+    metrics, *, estimate: dict | None = None, measured: dict | None = None
+) -> tuple[Chart, Chart]:
+    """The bundle's ``loss.png`` and ``vram.png`` charts for ``metrics`` (event dicts)."""
+    metrics = list(metrics)
+    return loss_chart(metrics), memory_chart(metrics, estimate=estimate, measured=measured)
+
+
+def _gib(value) -> float:
+    return value / GIB if _finite(value) else math.nan
 
 
 def _finite(value) -> bool:

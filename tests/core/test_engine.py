@@ -113,6 +113,19 @@ def test_bundle_is_complete_and_checkpoints_are_gone(reference_run):
     assert "PeftModel.from_pretrained" in card and "Final training loss" in card
 
 
+def test_steps_carry_the_engine_rss_and_the_bundle_memory_plot_draws_it(reference_run):
+    from studio.core.plots import RSS_LABEL, bundle_charts
+
+    _, events, bundle_dir, _ = reference_run
+    steps = [e for e in events if isinstance(e, StepLogged)]
+    assert all(e.process_rss_bytes > 50 * 2**20 for e in steps)  # torch alone is more
+    info = read_bundle(bundle_dir)
+    _, memory = bundle_charts(info.metrics, estimate=info.manifest["estimate"])
+    rss = next(s for s in memory.series if s.label == RSS_LABEL)
+    assert list(rss.xs) == [e.elapsed_s for e in steps]
+    assert list(rss.ys) == [e.process_rss_bytes / 2**30 for e in steps]
+
+
 def test_bundle_loads_in_plain_peft(reference_run, tiny_models):
     """The engine's bundle loads with nothing but transformers + PEFT, quantized as trained."""
     import torch

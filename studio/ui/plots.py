@@ -1,4 +1,4 @@
-"""Live plots (pyqtgraph): loss against steps and memory against time.
+"""Live plots (pyqtgraph): loss, learning rate and grad norm against steps, memory against time.
 
 Events only append to lists; `refresh` (called from a timer, a few times a second) redraws
 what changed, with downsampling and clip-to-view so long runs stay smooth.
@@ -8,17 +8,30 @@ start as an empty frame (``widget``) whose pyqtgraph widget (``plot_widget``) is
 `build`, which the window calls right after its first paint. (Importing it on a thread
 instead slowed that paint down: the import holds the GIL.) Data that arrives before `build`
 is kept and drawn then.
+
+The axes read like the bundle's PNGs (studio.core.plots): no SI-prefix scaling ("x0.001"),
+whole-number step ticks, seconds or m:ss for time, as many decimals as the tick spacing
+needs; a curve of few points gets markers, and a flat curve sits in a readable range
+instead of one a few float steps wide.
 """
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from studio.core.plots import CLOCK_FROM_S, MARKERS_UP_TO, format_clock
+
 GIB = float(1 << 30)
 EMA_BETA = 0.9  # smoothing of the training loss (like TensorBoard's 0.9)
+MIN_MEMORY_SPAN_GIB = 1 / 16  # the memory axis never zooms below 64 MiB top to bottom
+CLOCK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
 
 _pg = None
+_axes = None
 
 
 def _pyqtgraph():
@@ -30,6 +43,102 @@ def _pyqtgraph():
         pg.setConfigOptions(antialias=True, background="w", foreground="#333")
         _pg = pg
     return _pg
+
+
+def _decimals(spacing: float) -> int:
+    """Decimals that show ticks ``spacing`` apart as different numbers."""
+    places = max(0, -math.floor(math.log10(spacing) + 1e-9))
+    while places < 15 and abs(spacing * 10**places - round(spacing * 10**places)) > 1e-6:
+        places += 1
+    return places
+
+
+def tick_label(value: float, spacing: float) -> str:
+    """A tick's text: 5.4, 0.25, 1200, 2.0e-4; as many decimals as ``spacing`` needs."""
+    if not (math.isfinite(value) and math.isfinite(spacing)) or spacing <= 0:
+        return f"{value:g}"
+    if abs(value) < spacing * 1e-6:
+        return "0"
+    magnitude = abs(value)
+    if 1e-3 <= magnitude < 1e6:
+        return f"{value:.{_decimals(spacing)}f}"
+    exponent = math.floor(math.log10(magnitude))
+    mantissa = value / 10**exponent
+    return f"{mantissa:.{_decimals(spacing / 10**exponent)}f}e{exponent}"
+
+
+def _axis_classes():
+    """The axis classes (pyqtgraph subclasses, so made after pyqtgraph is imported)."""
+    global _axes
+    if _axes is not None:
+        return _axes
+    pg = _pyqtgraph()
+
+    class NumberAxis(pg.AxisItem):
+        """Plain numbers: no SI-prefix scaling, `tick_label` texts."""
+
+        def __init__(self, orientation, **kwargs):
+            super().__init__(orientation, **kwargs)
+            self.enableAutoSIPrefix(False)
+
+        def tickStrings(self, values, scale, spacing):
+            return [tick_label(v * scale, spacing * scale) for v in values]
+
+    class StepAxis(NumberAxis):
+        """Optimizer steps: ticks only at whole numbers."""
+
+        def tickSpacing(self, minVal, maxVal, size):
+            levels = []
+            for spacing, _offset in super().tickSpacing(minVal, maxVal, size):
+                whole = float(max(1, math.ceil(spacing * (1 - 1e-9))))
+                if all(whole != s for s, _ in levels):
+                    levels.append((whole, 0.0))
+            return levels
+
+    class TimeAxis(NumberAxis):
+        """Seconds; with ``clock`` set, m:ss (h:mm:ss) at whole seconds, minutes or hours."""
+
+        clock = False
+
+        def tickSpacing(self, minVal, maxVal, size):
+            if not self.clock:
+                return super().tickSpacing(minVal, maxVal, size)
+            span = abs(maxVal - minVal)
+            if span == 0:
+                return []
+            intervals = max(2.25, 2.25 * self._tickDensity * math.sqrt(size / 300.0))
+            fitting = [s for s in CLOCK_STEPS if s <= span / intervals] or [CLOCK_STEPS[0]]
+            major = fitting[-1]
+            levels = [(float(major), 0.0)]
+            minor = next((s for s in reversed(fitting) if major % s == 0 and major >= 4 * s), 0)
+            if minor:
+                levels.append((float(minor), 0.0))
+            return levels
+
+        def tickStrings(self, values, scale, spacing):
+            if self.clock:
+                return [format_clock(v * scale) for v in values]
+            return super().tickStrings(values, scale, spacing)
+
+    _axes = SimpleNamespace(NumberAxis=NumberAxis, StepAxis=StepAxis, TimeAxis=TimeAxis)
+    return _axes
+
+
+def _keep_flat_readable(view, values) -> None:
+    """Give a flat curve (all values equal, up to float noise) a range around its value;
+    pyqtgraph would zoom into a span a few float steps wide and label ticks with 15 digits."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    flat = bool(finite) and high - low <= 1e-9 * max(abs(low), abs(high), 1e-300)
+    span = (abs(high) * 0.2 or 1.0) if flat else None
+    view.setLimits(minYRange=span, maxYRange=span)
+
+
+def _marked(curve, count: int) -> None:
+    """Markers on ``curve`` while it has few points (a single point is otherwise invisible)."""
+    symbol = "o" if count <= MARKERS_UP_TO else None
+    if curve.opts["symbol"] != symbol:
+        curve.setSymbol(symbol)
 
 
 class _LazyPlot:
@@ -56,7 +165,7 @@ class _LazyPlot:
             return
         pg = _pyqtgraph()
         name, title, xlabel, ylabel = self._labels
-        plot = pg.PlotWidget(title=title)
+        plot = pg.PlotWidget(title=title, axisItems=self._axis_items(_axis_classes()))
         plot.setObjectName(name)
         plot.showGrid(x=True, y=True, alpha=0.25)
         plot.setLabel("bottom", xlabel)
@@ -80,6 +189,9 @@ class _LazyPlot:
         self._dirty = False
         self._draw()
 
+    def _axis_items(self, axes) -> dict:
+        return {"bottom": axes.NumberAxis("bottom"), "left": axes.NumberAxis("left")}
+
     def _add_items(self, pg, plot) -> None:
         raise NotImplementedError
 
@@ -87,7 +199,20 @@ class _LazyPlot:
         raise NotImplementedError
 
 
-class LossPlot(_LazyPlot):
+class _StepPlot(_LazyPlot):
+    """A plot against optimizer steps: whole-number step ticks, at least two steps wide."""
+
+    def _axis_items(self, axes) -> dict:
+        return {"bottom": axes.StepAxis("bottom"), "left": axes.NumberAxis("left")}
+
+    def build(self) -> None:
+        fresh = not self.built
+        super().build()
+        if fresh:
+            self.plot_widget.getViewBox().setLimits(minXRange=2)
+
+
+class LossPlot(_StepPlot):
     """``lossPlot``: training loss (raw and EMA-smoothed) and evaluation loss against steps."""
 
     def __init__(self) -> None:
@@ -95,7 +220,13 @@ class LossPlot(_LazyPlot):
         self.clear()
 
     def _add_items(self, pg, plot) -> None:
-        self.raw = plot.plot(name="training", pen=pg.mkPen("#90caf9", width=1))
+        self.raw = plot.plot(
+            name="training",
+            pen=pg.mkPen("#90caf9", width=1),
+            symbolSize=6,
+            symbolPen=pg.mkPen("#1565c0", width=1),
+            symbolBrush="#90caf9",
+        )
         self.smooth = plot.plot(name="smoothed (EMA)", pen=pg.mkPen("#1565c0", width=2))
         self.eval = plot.plot(
             name="evaluation",
@@ -134,9 +265,96 @@ class LossPlot(_LazyPlot):
         self._dirty = True
 
     def _draw(self) -> None:
+        _marked(self.raw, len(self.steps))
         self.raw.setData(self.steps, self.losses)
         self.smooth.setData(self.steps, self.ema)
         self.eval.setData(self.eval_steps, self.eval_losses)
+        _keep_flat_readable(
+            self.plot_widget.getViewBox(), self.losses + self.ema + self.eval_losses
+        )
+
+
+class LrPlot(_StepPlot):
+    """``lrPlot``: the learning rate (left axis) and the gradient norm (right axis, its own
+    scale) against steps; fed with `add_step` from each StepLogged."""
+
+    LR_COLOR = "#2e7d32"
+    NORM_COLOR = "#6a1b9a"
+
+    def __init__(self) -> None:
+        super().__init__("lrPlot", "Learning rate and grad norm", "step", "learning rate")
+        self.clear()
+
+    def _axis_items(self, axes) -> dict:
+        return {**super()._axis_items(axes), "right": axes.NumberAxis("right")}
+
+    def _add_items(self, pg, plot) -> None:
+        item = plot.getPlotItem()
+        self.lr = plot.plot(
+            name="learning rate",
+            pen=pg.mkPen(self.LR_COLOR, width=2),
+            symbolSize=5,
+            symbolPen=pg.mkPen(self.LR_COLOR, width=1),
+            symbolBrush=self.LR_COLOR,
+        )
+        item.getAxis("left").setLabel("learning rate", color=self.LR_COLOR)
+        # The grad norm has its own scale: a second view box over the plot's, sharing x.
+        self.norm_view = pg.ViewBox()
+        item.showAxis("right")
+        right = item.getAxis("right")
+        right.setLabel("grad norm", color=self.NORM_COLOR)
+        right.setGrid(False)
+        item.scene().addItem(self.norm_view)
+        right.linkToView(self.norm_view)
+        self.norm_view.setXLink(item.getViewBox())
+        self.grad_norm = pg.PlotDataItem(
+            pen=pg.mkPen(self.NORM_COLOR, width=1.5),
+            symbolSize=5,
+            symbolPen=pg.mkPen(self.NORM_COLOR, width=1),
+            symbolBrush=self.NORM_COLOR,
+        )
+        self.grad_norm.setDownsampling(auto=True, method="peak")
+        self.grad_norm.setClipToView(True)
+        self.norm_view.addItem(self.grad_norm)
+        item.legend.addItem(self.grad_norm, "grad norm")
+        item.getViewBox().sigResized.connect(self._follow_main_view)
+        self._follow_main_view()
+
+    def _follow_main_view(self) -> None:
+        main = self.plot_widget.getPlotItem().getViewBox()
+        self.norm_view.setGeometry(main.sceneBoundingRect())
+        self.norm_view.linkedViewChanged(main, self.norm_view.XAxis)
+
+    def clear(self) -> None:
+        self.steps: list[float] = []
+        self.learning_rates: list[float] = []
+        self.norm_steps: list[float] = []
+        self.grad_norms: list[float] = []
+        self._dirty = True
+        self.refresh()
+
+    def add_step(self, step: int, lr: float, grad_norm: float | None) -> None:
+        """One logged step's learning rate and gradient norm (None when not logged)."""
+        if self.steps and step <= self.steps[-1]:
+            # Resumed from an earlier checkpoint: drop the part that will be redone.
+            keep = sum(1 for s in self.steps if s < step)
+            del self.steps[keep:], self.learning_rates[keep:]
+            keep = sum(1 for s in self.norm_steps if s < step)
+            del self.norm_steps[keep:], self.grad_norms[keep:]
+        self.steps.append(step)
+        self.learning_rates.append(lr)
+        if grad_norm is not None and math.isfinite(grad_norm):
+            self.norm_steps.append(step)
+            self.grad_norms.append(grad_norm)
+        self._dirty = True
+
+    def _draw(self) -> None:
+        _marked(self.lr, len(self.steps))
+        _marked(self.grad_norm, len(self.norm_steps))
+        self.lr.setData(self.steps, self.learning_rates)
+        self.grad_norm.setData(self.norm_steps, self.grad_norms)
+        _keep_flat_readable(self.plot_widget.getViewBox(), self.learning_rates)
+        _keep_flat_readable(self.norm_view, self.grad_norms)
 
 
 class VramPlot(_LazyPlot):
@@ -148,13 +366,17 @@ class VramPlot(_LazyPlot):
     """
 
     def __init__(self) -> None:
-        super().__init__("vramPlot", "Memory", "seconds", "GiB")
+        super().__init__("vramPlot", "Memory", "seconds since start", "GiB")
         self.cpu_mode = False
         self.process_name = "engine process"
         self.reference = {"estimate": None, "capacity": None}
         self.clear()
 
+    def _axis_items(self, axes) -> dict:
+        return {"bottom": axes.TimeAxis("bottom"), "left": axes.NumberAxis("left")}
+
     def _add_items(self, pg, plot) -> None:
+        plot.getViewBox().setLimits(minYRange=MIN_MEMORY_SPAN_GIB, xMin=0)
         self.used = plot.plot(name="device used", pen=pg.mkPen("#6a1b9a", width=2))
         self.process = plot.plot(name="engine process", pen=pg.mkPen("#2e7d32", width=2))
         self.reserved = plot.plot(name="torch reserved", pen=pg.mkPen("#ef6c00", width=2))
@@ -249,6 +471,14 @@ class VramPlot(_LazyPlot):
         self._dirty = True
 
     def _draw(self) -> None:
+        last = max(ts[-1] for ts in (self.t_used, self.t_proc, self.t_torch, [0.0]) if ts)
+        axis = self.plot_widget.getAxis("bottom")
+        clock = last >= CLOCK_FROM_S
+        if axis.clock != clock:
+            axis.clock = clock
+            axis.setLabel("time since start (m:ss)" if clock else "seconds since start")
+            axis.picture = None  # redraw the ticks in the new format
+            axis.update()
         self.used.setData(self.t_used, self.v_used)
         self.process.setData(self.t_proc, self.v_proc)
         self.reserved.setData(self.t_torch, self.v_reserved)

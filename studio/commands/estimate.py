@@ -36,9 +36,42 @@ _OVERRIDES = {
 }
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from studio.core.recipe import COMPUTE_DTYPES, OPTIMIZERS, QUANT_MODES, QUANT_TYPES
+def _flag_help(dotted: str, extra: str = "") -> str:
+    """A flag's help from the recipe key's metadata: what it does, its bounds and default."""
+    from studio.core.recipe import field_spec
 
+    spec = field_spec(dotted)
+    text = spec.help
+    if spec.minimum is not None and spec.maximum is not None:
+        low, high = (
+            f"{b:g}" if isinstance(b, float) else str(b) for b in (spec.minimum, spec.maximum)
+        )
+        text += f" From {low} to {high}."
+    if spec.choice_help:
+        text += " " + " ".join(f"{c}: {spec.choice_help[c]}" for c in spec.choices or ())
+    if extra:
+        text += f" {extra}"
+    default = spec.default
+    if isinstance(default, bool):
+        default = "on" if default else "off"
+    text += f" Recipe key {dotted}; default {default}."
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def _add_flag(parser, flag: str, dotted: str, *, extra: str = "", **kwargs) -> None:
+    from studio.core.recipe import field_spec
+
+    spec = field_spec(dotted)
+    if spec.type is bool:
+        kwargs.update(action=argparse.BooleanOptionalAction, default=None)
+    elif spec.choices is not None:
+        kwargs["choices"] = spec.choices
+    elif spec.type in (int, float):
+        kwargs["type"] = spec.type
+    parser.add_argument(flag, help=_flag_help(dotted, extra), **kwargs)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "estimate",
         help="print the memory a recipe (or a model with options) needs, term by term",
@@ -47,36 +80,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(or the available RAM on the CPU). Flags override the recipe.",
     )
     parser.add_argument("recipe", nargs="?", metavar="RECIPE.toml", help="a recipe file")
-    parser.add_argument(
-        "--model",
-        metavar="SRC",
-        help="model source: folder, hub id, .gguf or builtin:smollm2-135m-instruct",
-    )
-    parser.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--quant-mode", choices=QUANT_MODES)
-    parser.add_argument("--quant-type", choices=QUANT_TYPES)
-    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES)
-    parser.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument(
-        "--fp32-upcast",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="PEFT's upcast of non-quantized weights to fp32",
-    )
-    parser.add_argument("--r", type=int, metavar="RANK", help="LoRA rank")
-    parser.add_argument(
+    _add_flag(parser, "--model", "model.source", metavar="SRC")
+    _add_flag(parser, "--trust-remote-code", "model.trust_remote_code")
+    _add_flag(parser, "--quant-mode", "quantization.mode")
+    _add_flag(parser, "--quant-type", "quantization.quant_type")
+    _add_flag(parser, "--compute-dtype", "quantization.compute_dtype")
+    _add_flag(parser, "--double-quant", "quantization.double_quant")
+    _add_flag(parser, "--fp32-upcast", "quantization.fp32_upcast")
+    _add_flag(parser, "--r", "lora.r", metavar="RANK")
+    _add_flag(
+        parser,
         "--target-modules",
+        "lora.target_modules",
         metavar="NAMES",
-        help="'all-linear' or comma-separated module names (q_proj,v_proj)",
+        extra="Here: 'all-linear' or comma-separated names (q_proj,v_proj).",
     )
-    parser.add_argument("--lora-dropout", type=float, metavar="P")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--max-length", type=int, metavar="TOKENS")
-    parser.add_argument(
-        "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None
-    )
-    parser.add_argument("--optimizer", choices=OPTIMIZERS)
-    parser.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
+    _add_flag(parser, "--lora-dropout", "lora.dropout", metavar="P")
+    _add_flag(parser, "--batch-size", "training.batch_size", metavar="N")
+    _add_flag(parser, "--max-length", "dataset.max_length", metavar="TOKENS")
+    _add_flag(parser, "--gradient-checkpointing", "training.gradient_checkpointing")
+    _add_flag(parser, "--optimizer", "training.optimizer")
+    _add_flag(parser, "--device", "training.device", metavar="DEV")
     parser.add_argument("--json", action="store_true", help="print JSON (bytes)")
     return parser
 
@@ -131,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         recipe = build_recipe(args)
     except RecipeError as exc:
         return _fail(str(exc))
+    for note in recipe.notes():
+        print(f"note: {note}", file=sys.stderr)
     try:
         discovery = discover_gpus()
         device = resolve_device(recipe.training.device, discovery)

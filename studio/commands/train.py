@@ -129,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     except RecipeError as exc:
         _err(f"error: {exc}")
         return ExitCode.BAD_INPUT
+    for note in recipe.notes():
+        _err(f"note: {note}")
     from studio.core.engine import EngineRunner
     from studio.core.engine.errors import CheckpointError, OutputExistsError
     from studio.core.engine.output import check_start, inspect_output
@@ -175,14 +177,15 @@ def run(args: argparse.Namespace) -> int:
 def _report(terminal, args) -> int:
     from studio.core import events as ev
     from studio.core.engine.errors import is_bad_input
+    from studio.core.units import format_bytes
 
     if isinstance(terminal, ev.Finished):
         loss = f", final loss {terminal.final_loss:.4f}" if terminal.final_loss is not None else ""
         peak = ""
         if terminal.peak_bytes is not None:
-            peak = f", measured peak {terminal.peak_bytes / 2**30:.2f} GiB"
+            peak = f", measured peak {format_bytes(terminal.peak_bytes)}"
             if terminal.estimate_bytes:
-                peak += f" (estimate {terminal.estimate_bytes / 2**30:.2f} GiB)"
+                peak += f" (estimate {format_bytes(terminal.estimate_bytes)})"
         _err(f"Done: {terminal.step} steps{loss}{peak}.")
         print(terminal.bundle_dir, flush=True)
         return ExitCode.OK

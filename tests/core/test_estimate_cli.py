@@ -48,7 +48,22 @@ def test_json_for_a_folder_on_the_cpu(tiny_models):
 
 
 def test_flags_change_the_estimate(tiny_models):
-    base = json.loads(estimate_cli("--model", str(tiny_models["qwen2"]), "--json").stdout)
+    base = json.loads(
+        estimate_cli(
+            "--model",
+            str(tiny_models["qwen2"]),
+            "--json",
+            "--r",
+            "16",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "512",
+            "--optimizer",
+            "paged_adamw_8bit",
+            "--gradient-checkpointing",
+        ).stdout
+    )
     no_dq = json.loads(
         estimate_cli(
             "--model",
@@ -172,3 +187,50 @@ def test_builtin_model_true_figures():
     assert table.returncode == 0, table.stderr
     assert "116,426,752 bytes" in table.stdout
     assert "LlamaForCausalLM, 30 layers, 134.5 M params" in table.stdout
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_help_comes_from_the_recipe_metadata():
+    from studio.core.recipe import field_spec
+
+    out = estimate_cli("--help")
+    assert out.returncode == 0, out.stderr
+    shown = _words(out.stdout)
+    for dotted in (
+        "lora.r",
+        "dataset.max_length",
+        "training.batch_size",
+        "training.optimizer",
+        "training.gradient_checkpointing",  # its help has a % sign
+        "quantization.quant_type",
+        "model.source",
+    ):
+        spec = field_spec(dotted)
+        assert _words(spec.help) in shown, dotted
+        assert f"Recipe key {dotted}" in shown
+    optimizer = field_spec("training.optimizer")
+    assert _words(optimizer.choice_help["paged_adamw_8bit"]) in shown
+    assert "{" + ",".join(optimizer.choices) + "}" in out.stdout
+    assert "{" + ",".join(field_spec("quantization.mode").choices) + "}" in out.stdout
+
+
+def test_notes_on_settings_without_effect_go_to_stderr(tmp_path, tiny_models):
+    recipe = tmp_path / "run.toml"
+    recipe.write_text(
+        f'schema_version = 1\n[model]\nsource = "{tiny_models["llama"]}"\n'
+        '[quantization]\nmode = "8bit"\nquant_type = "fp4"\n'
+        "[training]\nepochs = 3.0\n"
+    )
+    out = estimate_cli(str(recipe), "--json", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    notes = [line for line in out.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 3, out.stderr
+    assert any("quantization.quant_type = 'fp4' has no effect" in n for n in notes)
+    assert any("quantization.double_quant = true has no effect" in n for n in notes)
+    assert any("training.epochs = 3.0 has no effect" in n for n in notes)
+    json.loads(out.stdout)  # stdout stays clean JSON
+    quiet = estimate_cli(str(recipe), "--json", "--quant-mode", "4bit")
+    assert quiet.returncode == 0 and "note: quantization" not in quiet.stderr

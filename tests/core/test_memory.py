@@ -267,7 +267,16 @@ def test_double_quant_costs_more_than_it_saves_on_tiny_tensors(tiny_models, medi
 
 def test_each_toggle_moves_the_estimate_the_right_way(medium_shape):
     shape = medium_shape
-    base = Recipe().with_changes(quantization={"compute_dtype": "bfloat16"})
+    # a large-model starting point: each toggle below is a step away from it
+    base = Recipe().with_changes(
+        quantization={"compute_dtype": "bfloat16"},
+        training={
+            "batch_size": 2,
+            "gradient_checkpointing": True,
+            "optimizer": "paged_adamw_8bit",
+        },
+        dataset={"max_length": 512},
+    )
     est = estimate(shape, base, CPU)
 
     nf4_fp4 = estimate(shape, base.with_changes(quantization={"quant_type": "fp4"}), CPU)
@@ -298,8 +307,12 @@ def test_each_toggle_moves_the_estimate_the_right_way(medium_shape):
 
 def test_activation_terms_scale_with_tokens(tiny_models):
     shape = read_shape(tiny_models["llama"])
-    one = estimate(shape, Recipe().with_changes(training={"batch_size": 1}), CPU)
-    four = estimate(shape, Recipe().with_changes(training={"batch_size": 4}), CPU)
+    base = Recipe().with_changes(
+        training={"gradient_checkpointing": True}, dataset={"max_length": 512}
+    )
+    one = estimate(shape, base.with_changes(training={"batch_size": 1}), CPU)
+    four = estimate(shape, base.with_changes(training={"batch_size": 4}), CPU)
+    assert one.term("recompute").size_bytes > 0  # checkpointing on: the recompute term scales too
     for key in ("activations", "logits", "recompute"):
         assert four.term(key).size_bytes == pytest.approx(4 * one.term(key).size_bytes, rel=1e-6)
     assert four.term("lora_weights") == one.term("lora_weights")

@@ -78,6 +78,22 @@ def test_malformed_dataset_exits_2_naming_the_line(tiny_models, tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_notes_on_settings_without_effect_come_first(tiny_models, tmp_path):
+    recipe = _recipe_file(
+        tmp_path,
+        tiny_models["llama"],
+        training={"epochs": 3.0, "lr_scheduler": "constant", "warmup_steps": 2},
+        dataset={"path": str(tmp_path / "missing.jsonl")},  # stops the job early
+    )
+    done = cli("train", str(recipe))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    notes = [i for i, line in enumerate(lines) if line.startswith("note: ")]
+    assert len(notes) == 2 and notes == [0, 1], done.stderr
+    assert "training.epochs = 3.0 has no effect" in lines[0]
+    assert "training.warmup_steps = 2 has no effect" in lines[1]
+
+
 def test_bad_recipe_exits_2_without_starting(tmp_path):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text("schema_version = 1\n[training]\nbatch_sise = 4\n")

@@ -358,3 +358,38 @@ def json_ready(value: Any) -> Any:
         return value
     text = str(value)
     return text.removeprefix("torch.")
+
+
+def copy_bundle(source: str | Path, dest: str | Path, *, overwrite: bool = False) -> Path:
+    """Copy the bundle at ``source`` to ``dest`` atomically (filled beside it, then renamed).
+
+    Returns ``dest``; copying a bundle onto itself does nothing. Raises `FileExistsError`
+    when ``dest`` exists and not ``overwrite``, `OSError` when the copy fails (nothing partial
+    is left behind).
+    """
+    source, dest = Path(source), Path(dest).expanduser().absolute()
+    if dest.exists() and dest.resolve() == source.resolve():
+        return dest
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"{dest} already exists; choose another folder or replace it")
+    tmp = temporary_sibling_dir(dest)
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        replace_dir(tmp, dest, overwrite=overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def bundle_events(info: BundleInfo) -> list:
+    """The logged events of a bundle's ``metrics.jsonl`` (steps, evaluations, ...)."""
+    from studio.core.events import event_from_dict
+
+    found = []
+    for row in info.metrics:
+        try:
+            found.append(event_from_dict(row))
+        except (TypeError, ValueError):
+            continue  # a row of a newer or damaged format: the rest still shows
+    return found

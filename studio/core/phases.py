@@ -100,3 +100,13 @@ class JobState(str, Enum):
     @property
     def paused(self) -> bool:
         return self in (JobState.PAUSING, JobState.PAUSED)
+
+
+def phase_line(phase: Phase | str | None, message: str = "") -> str:
+    """One line for people: ``Loading and quantizing (4/9) — loading SmolLM2``."""
+    if phase is None:
+        return message
+    parsed = Phase.parse(phase)
+    number = parsed.number if isinstance(parsed, Phase) else None
+    count = f" ({number}/{len(ENGINE_PHASES)})" if number else ""
+    return f"{phase_label(phase)}{count}" + (f" — {message}" if message else "")

@@ -139,7 +139,7 @@ class Session:
             recipe=recipe or Recipe(), discovery=discovery, discovery_error=discovery_error
         )
         session.events.recipe.connect(session._recipe_changed)
-        session.events.model.connect(session._recompute_estimate)
+        session.events.model.connect(session._model_changed)
         session._recipe_changed(session.recipe, None)
         return session
 
@@ -293,6 +293,13 @@ class Session:
             self._resolve_device()
         if recipe.model.source != self.model.source:
             self.model = ModelStatus(source=recipe.model.source)
+        if old is not None and recipe.dataset != old.dataset:
+            self.dataset = DatasetStatus()
+        self._recompute_estimate()
+
+    def _model_changed(self, model: ModelStatus, old: ModelStatus) -> None:
+        if model.resolved is not getattr(old, "resolved", None):
+            self.dataset = DatasetStatus()  # the preview used the old model's tokenizer
         self._recompute_estimate()
 
     def _resolve_device(self) -> None:

@@ -20,13 +20,16 @@ from PySide6.QtWidgets import (
 )
 
 from studio.ui.background import run_in_helper
+from studio.ui.binding import connect_while_alive
 
 
 class ChatPanel(QWidget):
-    """``chatPromptEdit``, ``chatSendButton``, ``chatAdapterView`` and ``chatBaseView``."""
+    """``chatPromptEdit``, ``chatSendButton``, ``chatAdapterView`` and ``chatBaseView``, for the
+    session's bundle (a finished run or an opened bundle); another bundle clears the answers."""
 
-    def __init__(self, parent=None) -> None:
+    def __init__(self, session, parent=None) -> None:
         super().__init__(parent)
+        self.session = session
         self.setObjectName("chatPanel")
         self.bundle_label = QLabel(
             "Finish a run or open a bundle (File ▸ Open bundle) to chat.",
@@ -71,15 +74,25 @@ class ChatPanel(QWidget):
         layout.addWidget(self.status)
         layout.addLayout(answers, 1)
         self.bundle: str | None = None
-        self.device = "auto"  # the device to generate on ("auto", "cpu", "cuda:N")
         self._task = None
         self.answers: tuple[str, str] | None = None
         self.send.clicked.connect(self.ask)
         QShortcut(QKeySequence("Ctrl+Return"), self.prompt, activated=self.ask)
         self.send.setEnabled(False)
+        connect_while_alive(self, session.events.bundle, self.set_bundle)
+        self.set_bundle(session.bundle)
 
-    def set_bundle(self, bundle: str | None) -> None:
+    def set_bundle(self, bundle: str | None, _old=None) -> None:
+        if bundle == self.bundle:
+            return
+        if self._task is not None:
+            self._task.cancel()  # an answer of the previous bundle must not land here
+            self._done()
         self.bundle = bundle
+        self.answers = None
+        self.adapter_view.clear()
+        self.base_view.clear()
+        self.status.setText("")
         self.send.setEnabled(bundle is not None and self._task is None)
         self.bundle_label.setText(
             f"Bundle: {bundle}" if bundle else "Finish a run or open a bundle to chat."
@@ -95,7 +108,8 @@ class ChatPanel(QWidget):
         self.answers = None
         self.adapter_view.clear()
         self.base_view.clear()
-        bundle, n, device = self.bundle, self.max_tokens.value(), self.device
+        bundle, n = self.bundle, self.max_tokens.value()
+        device = self.session.recipe.training.device
         from studio.core.helper import chat_pair
 
         self._task = run_in_helper(

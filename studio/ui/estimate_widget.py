@@ -3,12 +3,16 @@ the total, and a verdict with the one change that would make the run fit."""
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import QEvent, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QPainter, QPen
 from PySide6.QtWidgets import (
     QGridLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
+    QPushButton,
     QSizePolicy,
     QToolTip,
     QVBoxLayout,
@@ -16,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.units import format_bytes
+from studio.ui.binding import connect_while_alive
 
 # One hue per group, shades within a group (terms sorted largest first).
 GROUP_COLORS = {
@@ -55,11 +60,16 @@ class EstimateBar(QWidget):
         self.setMouseTracking(True)
         self.estimate = None
         self.measured_peak: int | None = None
+        self.message = ""
         self._segments: list[tuple[QRectF, object]] = []
 
-    def set_estimate(self, estimate, measured_peak: int | None = None) -> None:
+    def set_estimate(
+        self, estimate, measured_peak: int | None = None, *, message: str = ""
+    ) -> None:
+        """Paint ``estimate`` (None: ``message`` in the empty bar) and the measured peak."""
         self.estimate = estimate
         self.measured_peak = measured_peak
+        self.message = message
         self.update()
 
     def _scale(self) -> float:
@@ -77,7 +87,11 @@ class EstimateBar(QWidget):
         self._segments = []
         if self.estimate is None:
             p.setPen(self.palette().text().color())
-            p.drawText(bar, Qt.AlignmentFlag.AlignCenter, "waiting for the model's shape…")
+            text = p.fontMetrics().elidedText(
+                self.message or "no estimate", Qt.TextElideMode.ElideRight, int(bar.width()) - 8
+            )
+            p.drawText(bar, Qt.AlignmentFlag.AlignCenter, text)
+            p.end()
             return
         scale = bar.width() / self._scale()
         colors = term_colors(self.estimate.largest_first())
@@ -141,10 +155,13 @@ class EstimateBar(QWidget):
 
 
 class EstimatePanel(QGroupBox):
-    """Bar, legend, ``estimateTotalLabel`` and ``estimateVerdictLabel`` for one estimate."""
+    """Bar, legend, ``estimateTotalLabel``, ``estimateVerdictLabel`` with the advice and its
+    ``applyAdviceButton``, and ``measuredPeakLabel``: the session's estimate, or the message
+    saying why there is none."""
 
-    def __init__(self, parent=None) -> None:
+    def __init__(self, session, parent=None) -> None:
         super().__init__("Memory estimate", parent)
+        self.session = session
         self.total = QLabel("—", objectName="estimateTotalLabel")
         bold = QFont(self.total.font())
         bold.setPointSizeF(bold.pointSizeF() * 1.25)
@@ -153,6 +170,9 @@ class EstimatePanel(QGroupBox):
         self.verdict = QLabel("", objectName="estimateVerdictLabel")
         self.verdict.setWordWrap(True)
         self.verdict.setTextFormat(Qt.TextFormat.RichText)
+        self.apply = QPushButton("Apply", objectName="applyAdviceButton")
+        self.apply.setToolTip("Change the settings as the advice says.")
+        self.apply.clicked.connect(session.apply_advice)
         self.bar = EstimateBar()
         self.legend = QWidget(objectName="estimateLegend")
         self.legend_layout = QGridLayout(self.legend)
@@ -161,53 +181,59 @@ class EstimatePanel(QGroupBox):
         self.legend_layout.setVerticalSpacing(1)
         self.measured = QLabel("", objectName="measuredPeakLabel")
         self.measured.hide()
+        verdict_row = QHBoxLayout()
+        verdict_row.addWidget(self.verdict, 1)
+        verdict_row.addWidget(self.apply, 0, Qt.AlignmentFlag.AlignTop)
         layout = QVBoxLayout(self)
         layout.addWidget(self.total)
         layout.addWidget(self.bar)
         layout.addWidget(self.legend)
-        layout.addWidget(self.verdict)
+        layout.addLayout(verdict_row)
         layout.addWidget(self.measured)
-        self.estimate = None
-        self._measured_peak: int | None = None
+        for signal in (
+            session.events.estimate,
+            session.events.estimate_message,
+            session.events.measured_peak,
+        ):
+            connect_while_alive(self, signal, self._show)
+        self._show()
 
-    def show_message(self, text: str) -> None:
-        """No estimate to show (the shape is being read, or the recipe is invalid)."""
-        self.estimate = None
-        self.total.setText("—")
-        self.total.setToolTip("")
-        self.verdict.setText(text)
-        self.bar.set_estimate(None)
-        self._fill_legend(None)
+    @property
+    def estimate(self):
+        return self.session.estimate
 
-    def set_estimate(self, est) -> None:
-        self.estimate = est
-        cap = f" of {format_bytes(est.capacity_bytes)}" if est.capacity_bytes else ""
-        self.total.setText(f"{format_bytes(est.total_bytes)}{cap} on {est.device}")
-        self.total.setToolTip(
-            f"Estimated peak: {est.total_bytes:,} bytes; weights {est.weights_bytes:,} bytes."
-        )
-        name, color = VERDICTS.get(est.verdict, (est.verdict, "#555"))
-        advice = f" — {est.advice}" if est.advice else ""
-        self.verdict.setText(f'<b style="color:{color}">{name}</b>{advice}')
-        self.bar.set_estimate(est, self._measured_peak)
-        self._fill_legend(est)
-
-    def set_measured_peak(self, peak: int | None, estimate_bytes: int | None) -> None:
-        """Show the run's measured peak beside the estimate (None hides it)."""
-        self._measured_peak = peak
+    def _show(self, *_args) -> None:
+        est = self.session.estimate
+        peak = self.session.measured_peak
+        self.apply.setVisible(bool(est is not None and est.advice_changes))
+        if est is None:
+            self.total.setText("—")
+            self.total.setToolTip("")
+            self.verdict.setText(html.escape(self.session.estimate_message))
+            self.bar.set_estimate(None, message=self.session.estimate_message)
+            self._fill_legend(None)
+        else:
+            cap = f" of {format_bytes(est.capacity_bytes)}" if est.capacity_bytes else ""
+            self.total.setText(f"{format_bytes(est.total_bytes)}{cap} on {est.device}")
+            self.total.setToolTip(
+                f"Estimated peak: {est.total_bytes:,} bytes; weights {est.weights_bytes:,} bytes."
+            )
+            name, color = VERDICTS.get(est.verdict, (est.verdict, "#555"))
+            advice = f" — {html.escape(est.advice)}" if est.advice else ""
+            self.verdict.setText(f'<b style="color:{color}">{name}</b>{advice}')
+            self.bar.set_estimate(est, peak)
+            self._fill_legend(est)
         if peak is None:
             self.measured.hide()
         else:
-            est = (
-                estimate_bytes
-                if estimate_bytes is not None
-                else (self.estimate.total_bytes if self.estimate else None)
+            reference = est.total_bytes if est is not None else None
+            ratio = (
+                f" ({peak / reference * 100:.0f}% of the estimate {format_bytes(reference)})"
+                if reference
+                else ""
             )
-            ratio = f" ({peak / est * 100:.0f}% of the estimate {format_bytes(est)})" if est else ""
             self.measured.setText(f"Measured peak: <b>{format_bytes(peak)}</b>{ratio}")
             self.measured.show()
-        if self.estimate is not None:
-            self.bar.set_estimate(self.estimate, peak)
 
     def _fill_legend(self, est) -> None:
         while self.legend_layout.count():

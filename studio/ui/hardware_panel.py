@@ -1,28 +1,25 @@
-"""The hardware panel: which device the run is for, its facts, and a live strip of readings."""
+"""The hardware panel: which device the run is for (``training.device``), its facts, and a
+live strip of readings."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QWidget
+from PySide6.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QWidget
 
 from studio.core.units import format_bytes
+from studio.ui.binding import ComboBox, ElidedLabel, connect_while_alive
 
 BADGE_STYLE = "QLabel { border-radius: 4px; padding: 1px 6px; color: white; background: %s; }"
 
 
 class HardwarePanel(QGroupBox):
-    """Lists the discovered (or simulated) GPUs plus the CPU; emits the chosen device request.
+    """The discovered (or simulated) GPUs plus the CPU in ``gpuCombo``; choosing one sets the
+    session's ``training.device``; ``auto`` shows the device it resolves to."""
 
-    ``discovery`` is a `studio.core.gpu.GpuDiscovery`; ``discovery_error`` a message when the
-    simulated-GPU variable was malformed.
-    """
-
-    deviceChanged = Signal(str)  # "cuda:N" or "cpu"
-
-    def __init__(self, discovery, discovery_error: str | None = None, parent=None) -> None:
+    def __init__(self, session, parent=None) -> None:
         super().__init__("Hardware", parent)
-        self.discovery = discovery
-        self.combo = QComboBox(objectName="gpuCombo")
+        self.session = session
+        discovery = session.discovery
+        self.combo = ComboBox(objectName="gpuCombo")
         self.combo.setToolTip("The device this run is estimated for and trained on.")
         for gpu in discovery.gpus:
             cc = ".".join(map(str, gpu.compute_capability))
@@ -38,12 +35,11 @@ class HardwarePanel(QGroupBox):
         self.badge = QLabel(objectName="bf16Badge")
         self.notice = QLabel(objectName="hardwareNoticeLabel")
         self.notice.setWordWrap(True)
-        self.live = QLabel("—", objectName="gpuLiveLabel")
-        self.live.setToolTip("Live readings of the selected GPU, a few times a second (NVML).")
+        self.live = ElidedLabel("—", objectName="gpuLiveLabel")
 
         notes = []
-        if discovery_error:
-            notes.append(f"Simulated GPUs ignored: {discovery_error}")
+        if session.discovery_error:
+            notes.append(f"Simulated GPUs ignored: {session.discovery_error}")
         if not discovery.gpus:
             reason = f" ({discovery.reason})" if discovery.reason else ""
             notes.append(
@@ -59,37 +55,43 @@ class HardwarePanel(QGroupBox):
         self.notice.setVisible(bool(notes))
 
         top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.combo, 1)
         top.addWidget(self.badge)
+        row = QWidget()
+        row.setLayout(top)
         form = QFormLayout(self)
-        form.addRow("Device", _wrap(top))
+        form.addRow("Device", row)
         form.addRow("", self.facts)
         form.addRow("Live", self.live)
         form.addRow(self.notice)
 
-        self.combo.currentIndexChanged.connect(self._changed)
-        self._changed()
+        self.combo.currentIndexChanged.connect(self._chosen)
+        connect_while_alive(self, session.events.device, self._show_device)
+        self._show_device(session.device)
 
-    def device_request(self) -> str:
-        """The recipe's ``training.device`` for the current choice."""
-        return self.combo.currentData()
+    def _chosen(self, _index: int) -> None:
+        request = self.combo.currentData()
+        if request != self._device_request(self.session.device):
+            self.session.edit("training.device", request)
 
-    def set_device_request(self, request: str) -> None:
-        """Select ``request`` ("cuda:N", "cuda", "cpu" or "auto": the first GPU, else the CPU)."""
-        index = 0 if request in ("auto", "cuda") else self.combo.findData(request)
+    @staticmethod
+    def _device_request(device) -> str | None:
+        if device is None:
+            return None
+        return "cpu" if device.gpu is None else f"cuda:{device.gpu.index}"
+
+    def _show_device(self, device, _old=None) -> None:
+        index = self.combo.findData(self._device_request(device))
         if index >= 0:
+            blocked = self.combo.blockSignals(True)
             self.combo.setCurrentIndex(index)
-
-    def selected_gpu(self):
-        request = self.device_request()
-        for gpu in self.discovery.gpus:
-            if request == f"cuda:{gpu.index}":
-                return gpu
-        return None
-
-    def _changed(self) -> None:
-        gpu = self.selected_gpu()
-        if gpu is None:
+            self.combo.blockSignals(blocked)
+        gpu = device.gpu if device is not None else None
+        if device is None:
+            self.facts.setText(self.session.device_error)
+            self.badge.setText("")
+        elif gpu is None:
             self.facts.setText("The CPU: bf16 allowed, memory is the system's RAM.")
             self.badge.setText("CPU")
             self.badge.setStyleSheet(BADGE_STYLE % "#607d8b")
@@ -112,38 +114,26 @@ class HardwarePanel(QGroupBox):
                     f"Compute capability {cc} is below 8.0: no bfloat16; float16 is used."
                 )
         self.live.setText("—")
-        self.deviceChanged.emit(self.device_request())
 
     def show_sample(self, sample) -> None:
-        """Show one `GpuSample` (or None: no reading) in the live strip."""
+        """Show one `ResourceSample` (or None: no reading) in the live strip."""
         if sample is None:
             self.live.setText("—")
             return
         parts = []
+        if sample.cpu_pct is not None:
+            parts.append(f"CPU {sample.cpu_pct:.0f}%")
         if sample.utilization_pct is not None:
             parts.append(f"util {sample.utilization_pct:.0f}%")
         if sample.temperature_c is not None:
             parts.append(f"{sample.temperature_c:.0f} °C")
         if sample.power_w is not None:
             parts.append(f"{sample.power_w:.0f} W")
-        parts.append(
-            f"memory {format_bytes(sample.memory_used_bytes)} / "
-            f"{format_bytes(sample.memory_total_bytes)}"
-        )
-        self.live.setText(" · ".join(parts))
-
-    def show_cpu_reading(self, rss_bytes: int | None, cpu_pct: float | None) -> None:
-        """The live strip on the CPU: the engine process's memory and the CPU load."""
-        parts = []
-        if cpu_pct is not None:
-            parts.append(f"CPU {cpu_pct:.0f}%")
-        if rss_bytes is not None:
-            parts.append(f"engine RSS {format_bytes(rss_bytes)}")
+        if sample.device_used_bytes is not None:
+            parts.append(
+                f"memory {format_bytes(sample.device_used_bytes)} / "
+                f"{format_bytes(sample.device_total_bytes)}"
+            )
+        if sample.on_cpu and sample.process_bytes is not None:
+            parts.append(f"engine RSS {format_bytes(sample.process_bytes)}")
         self.live.setText(" · ".join(parts) or "—")
-
-
-def _wrap(layout) -> QWidget:
-    w = QWidget()
-    layout.setContentsMargins(0, 0, 0, 0)
-    w.setLayout(layout)
-    return w

@@ -1,104 +1,40 @@
-"""The `JobController`: supervises one engine process from a QThread and relays its events
-to the GUI thread as Qt signals.
+"""The `JobController`: runs one engine process for the window and relays its events.
 
-The worker loops on `EngineRunner.poll` in its own thread. Pause, resume, stop and kill are
-called on the runner directly from the GUI thread (they are thread-safe control messages to
-the child), never as queued slots on the busy worker. The controller owns the thread's whole
-life: it quits and waits for it before letting go of the thread and the worker.
+The engine runner (`studio.core.engine.EngineRunner`) already queues the child's events on a
+reader thread and guarantees one terminal event per run (it synthesizes a `Failed` when the
+child dies without one). So the controller needs no thread of its own: a timer on the GUI
+thread takes what `runner.poll(0)` has (it never blocks), hands each event to the session
+(`Session.apply_event`: job state, phase, progress, outcome) and to ``eventReceived`` (the
+partial results: plots and log), and emits ``jobEnded`` with the terminal event.
+
+Pause, resume, stop and kill are control messages to the child; the session shows at once that
+they were asked for (pausing, stopping), and the child's events confirm them.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QTimer, Signal
 
-from studio.core.events import Failed, Finished, PhaseChanged, Stopped
+from studio.core.events import TERMINAL_EVENTS
+from studio.core.phases import JobState
 
-POLL_TIMEOUT_S = 0.2
-
-
-class _Worker(QObject):
-    """Lives on the job thread: starts the runner and forwards its events until it ends."""
-
-    event = Signal(object)
-    ended = Signal(object)  # the terminal event (one of TERMINAL_EVENTS)
-
-    def __init__(self, runner) -> None:
-        super().__init__()
-        self.runner = runner
-
-    @Slot()
-    def run(self) -> None:
-        runner = self.runner
-        last_phase = "starting"
-        terminal = None
-        try:
-            runner.start()
-            while terminal is None:
-                events = runner.poll(POLL_TIMEOUT_S)
-                for ev in events:
-                    if isinstance(ev, PhaseChanged):
-                        last_phase = ev.phase
-                    if isinstance(ev, (Finished, Stopped, Failed)):
-                        terminal = ev
-                    self.event.emit(ev)
-                if terminal is None and not events and not runner.is_running:
-                    # The runner queues the child's last events (or a synthesized Failed)
-                    # once the process is gone; collect them before giving up.
-                    runner.join(10)
-                    for ev in runner.poll(0.5):
-                        if isinstance(ev, (Finished, Stopped, Failed)):
-                            terminal = ev
-                        self.event.emit(ev)
-                    if terminal is None:
-                        terminal = getattr(runner, "terminal_event", None) or Failed(
-                            phase=last_phase,
-                            error_type="EngineExited",
-                            message=(
-                                f"The training process ended unexpectedly (exit code "
-                                f"{runner.exitcode}) while {last_phase}. A crash without a "
-                                "message is often the system running out of memory: try a "
-                                "smaller batch size or sequence length."
-                            ),
-                        )
-                        self.event.emit(terminal)
-            runner.join(30)
-        except BaseException as exc:  # noqa: BLE001 - a supervisor error must reach the user
-            import traceback
-
-            terminal = Failed(
-                phase=last_phase,
-                error_type=type(exc).__name__,
-                message=f"Could not supervise the training process: {exc}",
-                details=traceback.format_exc(),
-            )
-            self.event.emit(terminal)
-            try:
-                if runner.is_running:
-                    runner.kill()
-            except Exception:  # noqa: BLE001
-                pass
-        self.ended.emit(terminal)
-
-
-ENGINE_NICENESS = 5
+POLL_INTERVAL_MS = 50
+ENGINE_NICENESS = 5  # the window must stay smooth while the engine uses every core
 
 
 class JobController(QObject):
-    """Starts one job at a time and relays its events (``eventReceived``) and its end
-    (``jobEnded(terminal_event)``) to the GUI thread; ``stateChanged(state)`` with state one
-    of "idle", "running", "pausing", "paused", "stopping"."""
+    """Starts one job at a time for ``session``; see the module docstring."""
 
     eventReceived = Signal(object)
     jobEnded = Signal(object)
-    stateChanged = Signal(str)
 
-    def __init__(self, parent=None, *, runner_factory=None) -> None:
+    def __init__(self, session, parent=None, *, runner_factory=None) -> None:
         super().__init__(parent)
+        self.session = session
         self._runner_factory = runner_factory
-        self._thread: QThread | None = None
-        self._worker: _Worker | None = None
         self.runner = None
-        self.state = "idle"
+        self._timer = QTimer(self, interval=POLL_INTERVAL_MS)
+        self._timer.timeout.connect(self._poll)
         # Creating a runner starts multiprocessing's helper process (~0.4 s): do it now, off
         # the GUI thread, so Start does not freeze the window.
         from studio.core.engine.runner import prepare_process_machinery
@@ -108,8 +44,8 @@ class JobController(QObject):
 
     @property
     def is_active(self) -> bool:
-        """A job is running (or its thread has not been released yet)."""
-        return self._thread is not None
+        """A job was started and its terminal event has not been handled yet."""
+        return self.runner is not None
 
     @property
     def pid(self) -> int | None:
@@ -122,82 +58,56 @@ class JobController(QObject):
         if self._runner_factory is not None:
             runner = self._runner_factory(recipe, resume=resume, overwrite=overwrite)
         else:
-            from studio.core.engine.runner import EngineRunner
+            from studio.core.engine import EngineRunner
 
-            # Lower priority for the engine: the window must stay smooth while it trains.
             runner = EngineRunner(
                 recipe, resume=resume, overwrite=overwrite, niceness=ENGINE_NICENESS
             )
+        runner.start()
         self.runner = runner
-        thread = QThread(self)
-        thread.setObjectName("engine-supervisor")
-        worker = _Worker(runner)
-        worker.moveToThread(thread)
-        queued = Qt.ConnectionType.QueuedConnection
-        worker.event.connect(self._on_event, queued)
-        worker.ended.connect(self._on_ended, queued)
-        thread.started.connect(worker.run)
-        self._thread, self._worker = thread, worker
-        self._set_state("running")
-        thread.start()
+        self.session.job_started(resumed=resume)
+        self._timer.start()
 
     def pause(self) -> None:
-        if self.runner is not None and self.state == "running":
+        if self.runner is not None and self.session.job is JobState.RUNNING:
             self.runner.pause()
-            self._set_state("pausing")
+            self.session.job_pausing()
 
     def resume(self) -> None:
-        if self.runner is not None and self.state in ("paused", "pausing"):
+        if self.runner is not None and self.session.job.paused:
             self.runner.resume()
-            self._set_state("running")
+            self.session.job_resuming()
 
     def stop(self) -> None:
         """Ask the job to stop after the current step, leaving a checkpoint."""
-        if self.runner is not None and self.state not in ("idle", "stopping"):
+        if self.runner is not None and self.session.job not in (JobState.IDLE, JobState.STOPPING):
             self.runner.stop()
-            self._set_state("stopping")
+            self.session.job_stopping()
 
     def kill(self) -> None:
-        """End a job that does not answer (no checkpoint is written)."""
+        """End the engine process at once (no checkpoint is written)."""
         if self.runner is not None:
+            self.session.job_stopping()
             self.runner.kill()
 
-    def shutdown(self, timeout_ms: int = 60000) -> None:
-        """Kill any job and release the thread (for quitting the application)."""
-        if self._thread is None:
+    def shutdown(self) -> None:
+        """Kill any job and forget it (the application quits)."""
+        runner = self.runner
+        if runner is not None and runner.is_running:
+            runner.kill()
+            runner.join(30)
+        self._timer.stop()
+        self.runner = None
+
+    def _poll(self) -> None:
+        runner = self.runner
+        if runner is None:
             return
-        if self.runner is not None and self.runner.is_running:
-            self.runner.kill()
-        self._release(timeout_ms)
-
-    @Slot(object)
-    def _on_event(self, event) -> None:
-        from studio.core.events import Paused, Resumed
-
-        if isinstance(event, Paused):
-            self._set_state("paused")
-        elif isinstance(event, Resumed) and self.state != "stopping":
-            self._set_state("running")
-        self.eventReceived.emit(event)
-
-    @Slot(object)
-    def _on_ended(self, terminal) -> None:
-        self._release()
-        self._set_state("idle")
-        self.jobEnded.emit(terminal)
-
-    def _release(self, timeout_ms: int = 60000) -> None:
-        thread, worker = self._thread, self._worker
-        if thread is None:
-            return
-        thread.quit()
-        thread.wait(timeout_ms)
-        self._thread = self._worker = None
-        if worker is not None:
-            worker.deleteLater()
-        thread.deleteLater()
-
-    def _set_state(self, state: str) -> None:
-        if state != self.state:
-            self.state = state
-            self.stateChanged.emit(state)
+        for event in runner.poll(0):
+            self.session.apply_event(event)
+            self.eventReceived.emit(event)
+            if isinstance(event, TERMINAL_EVENTS):
+                self._timer.stop()
+                self.runner = None  # the child exits by itself after its terminal event
+                self.jobEnded.emit(event)
+                return

@@ -147,7 +147,7 @@ class _LazyPlot:
     def __init__(self, name: str, title: str, xlabel: str, ylabel: str) -> None:
         self._labels = (name, title, xlabel, ylabel)
         self.widget = QWidget(objectName=f"{name}Frame")
-        self.widget.setMinimumHeight(160)
+        self.widget.setMinimumHeight(90)
         self._layout = QVBoxLayout(self.widget)
         self._layout.setContentsMargins(0, 0, 0, 0)
         self._placeholder = QLabel(f"{title}", alignment=Qt.AlignmentFlag.AlignCenter)

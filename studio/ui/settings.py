@@ -22,3 +22,34 @@ def open_settings() -> QSettings:
     if folder:
         return QSettings(os.path.join(folder, "qlora-studio.ini"), QSettings.Format.IniFormat)
     return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORGANIZATION, APP_NAME)
+
+
+def restored_recipe():
+    """The recipe remembered from the last session, or None. Its device is not restored: it
+    names the hardware of that moment, and ``auto`` takes the best device present now (a GPU
+    that appeared since must not lose to a remembered ``cpu``)."""
+    from dataclasses import replace
+
+    from studio.core.recipe import Recipe, RecipeError
+
+    text = open_settings().value("recipe")
+    if not text:
+        return None
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        recipe = Recipe.from_dict(tomllib.loads(str(text)))
+    except (ValueError, RecipeError):
+        return None
+    return replace(recipe, training=replace(recipe.training, device="auto"))
+
+
+def remember_recipe(recipe) -> None:
+    """Keep ``recipe`` for the next session."""
+    from studio.core.recipe import recipe_to_toml
+
+    settings = open_settings()
+    settings.setValue("recipe", recipe_to_toml(recipe))
+    settings.sync()

@@ -62,13 +62,23 @@ class ResolvedModel:
 # --------------------------------------------------------------------------- resolving
 
 
-def resolve_model(source: str, *, progress: Progress | None = None) -> ResolvedModel:
+def resolve_model(
+    source: str, *, progress: Progress | None = None, trust_remote_code: bool | None = None
+) -> ResolvedModel:
     """Resolve ``source`` to a local Hugging Face folder; see the module docstring.
 
     ``progress("converting", fraction)`` is called while a GGUF is converted (fraction None
-    while the step's length is unknown). Raises `ModelSourceError` with what was looked for
-    and what to give instead.
+    while the step's length is unknown). The folder is checked with `check_model_folder`
+    (with ``trust_remote_code`` when given; None skips only the remote-code question). Raises
+    `ModelSourceError` with what was looked for and what to give instead.
     """
+    resolved = _resolve_model(source, progress)
+    if resolved.kind in ("folder", "hub"):
+        check_model_folder(resolved.path, trust_remote_code)
+    return resolved
+
+
+def _resolve_model(source: str, progress: Progress | None) -> ResolvedModel:
     source = source.strip()
     if not source:
         raise ModelSourceError(
@@ -154,6 +164,199 @@ def _resolve_folder(source: str, folder: Path, progress: Progress | None) -> Res
             "folder, or download the model again."
         )
     return ResolvedModel(source, "folder", folder, folder.name)
+
+
+# --------------------------------------------------------------------------- checking a folder
+
+# Files one of which a tokenizer needs (besides tokenizer_config.json, which alone is not one).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.tiktoken",
+    "qwen.tiktoken",
+)
+_SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F4": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+_MAX_HEADER = 100 * 2**20
+
+
+def _again(folder: Path) -> str:
+    return "Copy or download the model again, or pick another model folder."
+
+
+def check_model_folder(folder: str | Path, trust_remote_code: bool | None = False) -> None:
+    """Raise `ModelSourceError` when the libraries would reject ``folder``; cheap (no weights
+    are read, only config.json, the tokenizer file names and each safetensors header).
+
+    Checks: config.json is JSON with a ``model_type`` transformers knows, or with remote code
+    that ``trust_remote_code`` allows (None skips that question); a tokenizer is there; every
+    ``.safetensors`` file (and every shard its index names) has a readable header whose
+    tensors fit the file exactly, so a truncated or corrupt file is found before loading.
+    """
+    folder = Path(folder)
+    _check_config(folder, trust_remote_code)
+    _check_tokenizer(folder)
+    _check_weights(folder)
+
+
+def _check_config(folder: Path, trust_remote_code: bool | None) -> dict:
+    config_file = folder / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelSourceError(
+            f"{folder} has no config.json, so it is not a model folder in Hugging Face layout."
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelSourceError(
+            f"{config_file} cannot be read as JSON ({exc}). {_again(folder)}"
+        ) from None
+    if not isinstance(config, dict):
+        raise ModelSourceError(f"{config_file} is not a JSON object. {_again(folder)}")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise ModelSourceError(
+            f"{config_file} has no model_type, so transformers cannot tell which architecture "
+            f"it is. {_again(folder)}"
+        )
+    from transformers import __version__ as tf_version
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type in CONFIG_MAPPING_NAMES:
+        return config
+    auto_map = config.get("auto_map")
+    if isinstance(auto_map, dict) and auto_map:
+        if trust_remote_code is False:
+            raise ModelSourceError(
+                f"{folder} is a {model_type!r} model whose code ships with the model (its "
+                "config.json has an auto_map) and is not part of transformers. Loading it runs "
+                "that code: if you trust its source, set [model] trust_remote_code = true "
+                "(--trust-remote-code); otherwise pick a model transformers supports."
+            )
+        for reference in auto_map.values():
+            for item in reference if isinstance(reference, list) else [reference]:
+                if not isinstance(item, str) or "--" in item or "." not in item:
+                    continue  # code from another repository, or no reference
+                module = item.rsplit(".", 1)[0]
+                if not (folder / f"{module.replace('.', '/')}.py").is_file():
+                    raise ModelSourceError(
+                        f"{folder}: config.json's auto_map names {item}, but {module}.py is "
+                        f"not in the folder. {_again(folder)}"
+                    )
+        return config
+    raise ModelSourceError(
+        f"{config_file} says model_type {model_type!r}, which transformers {tf_version} does not "
+        "know. Upgrade transformers if the architecture is newer than it, or pick a model of a "
+        "supported architecture (llama, qwen2, mistral, gemma, phi, gpt2, ...)."
+    )
+
+
+def _check_tokenizer(folder: Path) -> None:
+    present = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    if not present and not any(folder.glob("*.tiktoken")):
+        raise ModelSourceError(
+            f"{folder} has no tokenizer files (looked for {', '.join(TOKENIZER_FILES[:4])}, ...). "
+            "Copy the tokenizer files of this model into the folder (tokenizer.json and "
+            "tokenizer_config.json from where the model came from)."
+        )
+    if "tokenizer.json" in present:
+        path = folder / "tokenizer.json"
+        try:
+            with open(path, "rb") as handle:
+                json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise ModelSourceError(
+                f"{path} is not valid JSON ({type(exc).__name__}: {exc}); it was cut short or "
+                f"damaged. {_again(folder)}"
+            ) from None
+
+
+def _check_weights(folder: Path) -> None:
+    files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelSourceError(
+                f"{index} cannot be read ({type(exc).__name__}: {exc}). {_again(folder)}"
+            ) from None
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing:
+            raise ModelSourceError(
+                f"{folder} lacks weight files its index names: {', '.join(missing[:3])}"
+                f"{' and more' if len(missing) > 3 else ''}. {_again(folder)}"
+            )
+        files = sorted(set(files) | {folder / name for name in shards})
+    for path in files:
+        check_safetensors_file(path)
+
+
+def check_safetensors_file(path: str | Path) -> None:
+    """Raise `ModelSourceError` when ``path`` is not a complete safetensors file: the header
+    (8-byte length + JSON) is read and every tensor's byte range checked against its shape
+    and the file's size."""
+    path = Path(path)
+    what = f"{path} is not a complete safetensors file"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise ModelSourceError(f"{what}: it is {size} bytes long. {_again(path.parent)}")
+            length = int.from_bytes(head, "little")
+            if length > min(size - 8, _MAX_HEADER):
+                raise ModelSourceError(
+                    f"{what}: its header claims {length} bytes but the file has {size} "
+                    f"(cut short or damaged). {_again(path.parent)}"
+                )
+            header = json.loads(handle.read(length).decode("utf-8"))
+    except ModelSourceError:
+        raise
+    except OSError as exc:
+        raise ModelSourceError(f"{path} cannot be read ({exc.strerror or exc}).") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ModelSourceError(
+            f"{what}: its header is not valid JSON ({exc}). {_again(path.parent)}"
+        ) from None
+    if not isinstance(header, dict):
+        raise ModelSourceError(f"{what}: its header is not a JSON object. {_again(path.parent)}")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = (int(v) for v in info["data_offsets"])
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            width = _SAFETENSORS_DTYPE_BYTES.get(info["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelSourceError(
+                f"{what}: the header entry of {name!r} is malformed. {_again(path.parent)}"
+            ) from None
+        if width is not None and info["dtype"] != "F4" and stop - start != count * width:
+            raise ModelSourceError(
+                f"{what}: tensor {name!r} has shape {info['shape']} ({info['dtype']}) but "
+                f"{stop - start} bytes. {_again(path.parent)}"
+            )
+        end = max(end, stop)
+    data = size - 8 - length
+    if end != data:
+        cut = "cut short" if end > data else "longer than its header says"
+        raise ModelSourceError(
+            f"{what}: its tensors need {end} bytes of data but the file holds {data} ({cut}; "
+            f"the file is {size} bytes). {_again(path.parent)}"
+        )
 
 
 def hf_cache_path() -> Path:
@@ -383,6 +586,7 @@ def read_shape(model: ResolvedModel | Path | str, *, trust_remote_code: bool = F
         mtime = config_file.stat().st_mtime_ns
     except FileNotFoundError:
         raise ModelSourceError(f"{folder} has no config.json; it is not a model folder.") from None
+    _check_config(folder, trust_remote_code)
     return _read_shape_cached(str(folder), mtime, trust_remote_code)
 
 

@@ -312,7 +312,7 @@ def test_shape_is_cached_and_accepts_sources(tiny_models):
 
 def test_bad_config_is_a_model_source_error(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    with pytest.raises(ModelSourceError, match="does not describe a causal language model"):
+    with pytest.raises(ModelSourceError, match="'no-such-architecture', which transformers"):
         read_shape(tmp_path)
 
 

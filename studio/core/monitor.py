@@ -49,6 +49,11 @@ class ResourceMonitor:
             except Exception as exc:  # noqa: BLE001 - live readings are optional
                 self.reason = f"GPU readings unavailable: {exc}"
 
+    @property
+    def reads_device(self) -> bool:
+        """True when there are device readings to take without a job (a GPU, simulated too)."""
+        return self._sampler is not None
+
     def sample(self, pid: int | None) -> ResourceSample:
         """A reading now, for the engine process ``pid`` (None: no job running)."""
         gpu = None

@@ -129,7 +129,7 @@ class LiveView(QObject):
         if self.monitor is None:
             return
         pid = self.controller.pid
-        if pid is None and self.monitor.on_cpu:
+        if pid is None and not self.monitor.reads_device:
             self.hardware.show_sample(None)
             return
         reading = self.monitor.sample(pid)

@@ -101,7 +101,7 @@ class MainWindow(QMainWindow):
         if not defer_plots:
             self.live.build_plots()  # else right after the first paint (`paintEvent`)
 
-        self._lay_out()
+        column = self._lay_out()
         self._build_menu()
         self.statusBar().showMessage("Ready.")
         self.run_bar.start.clicked.connect(lambda: self.jobs.start())
@@ -109,11 +109,13 @@ class MainWindow(QMainWindow):
         self.run_bar.stop.clicked.connect(lambda: self.jobs.stop())
         self.run_bar.save.clicked.connect(lambda: self.bundles.save())
         self.controller.jobEnded.connect(self._job_ended)
+        # The running job has its own copy of the recipe: edits would not reach it.
+        session.events.job.connect(lambda state: column.setEnabled(not state.active))
         if restore:
             self._restore_layout()
 
     # ----- layout ---------------------------------------------------------------------
-    def _lay_out(self) -> None:
+    def _lay_out(self) -> QWidget:
         column = QWidget(objectName="settingsColumn")
         layout = QVBoxLayout(column)
         for w in (self.hardware, self.model_panel, self.quant, self.training, self.dataset):
@@ -149,6 +151,7 @@ class MainWindow(QMainWindow):
         width, height = self._start_size()
         self.resize(width, height)
         self.splitter.setSizes([min(460, width // 3), width - min(460, width // 3)])
+        return column
 
     def _start_size(self) -> tuple[int, int]:
         """The default size, shrunk to fit the screen (a 1366×768 laptop included)."""

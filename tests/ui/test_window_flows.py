@@ -1,0 +1,210 @@
+"""Flows a person walks in the window that need no training run: the wheel over the settings,
+a window that fits a laptop screen, Start disabled (with the reason) for a model or dataset
+the window already knows is unusable, the estimate's Apply button, settings that have no
+effect disabled."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import choose, click, set_spin, type_into, use_model, wait_for_shape
+from PySide6.QtCore import QPoint, QPointF
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QScrollArea
+
+from studio.core.events import PhaseChanged
+from studio.core.phases import Phase
+
+
+def wheel(widget, steps: int = -3) -> None:
+    """Turn the mouse wheel over ``widget``'s centre: a window-system event, delivered (and
+    propagated to the parents when ignored) as a real one is."""
+    window = widget.window()
+    pos = widget.mapTo(window, widget.rect().center())
+    QTest.wheelEvent(window.windowHandle(), QPointF(pos), QPoint(0, 120 * steps))
+    QApplication.processEvents()
+
+
+def test_the_wheel_scrolls_the_settings_and_changes_only_a_focused_control(make_window, qtbot):
+    window = make_window()
+    window.resize(1000, 600)  # the settings column needs scrolling
+    scroll = window.findChild(QScrollArea, "settingsScroll")
+    qtbot.waitUntil(lambda: scroll.verticalScrollBar().maximum() > 0)
+    spin = window.findChild(object, "maxStepsSpin")
+    combo = window.findChild(object, "optimizerCombo")
+    before = (spin.value(), combo.currentIndex(), window.session.recipe)
+    window.findChild(object, "startButton").setFocus()
+    bar = scroll.verticalScrollBar()
+    scroll.ensureWidgetVisible(combo)
+    scrolled = bar.value()
+    assert scrolled > 0
+    wheel(combo, steps=1)  # up: the column scrolls, the optimizer stays
+    assert bar.value() < scrolled, "the wheel scrolled the column"
+    scroll.ensureWidgetVisible(spin)
+    scrolled = bar.value()
+    wheel(spin, steps=1)
+    assert bar.value() < scrolled
+    assert (spin.value(), combo.currentIndex(), window.session.recipe) == before
+    # Once focused (clicked or tabbed into), the wheel does change it.
+    scroll.ensureWidgetVisible(spin)
+    spin.setFocus()
+    wheel(spin, steps=1)
+    assert spin.value() == before[0] + 1
+    assert window.session.recipe.training.max_steps == before[0] + 1
+
+
+FITS_SCRIPT = """
+import json, sys
+from PySide6.QtWidgets import QApplication
+from studio.app import build_main_window
+app = QApplication(sys.argv)
+window = build_main_window(restore=False, autoload=False)
+window.show()
+app.processEvents()
+area = window.screen().availableGeometry()
+frame = window.frameGeometry()
+print(json.dumps({"area": [area.width(), area.height()],
+                  "frame": [frame.x(), frame.y(), frame.width(), frame.height()]}))
+window.close()
+"""
+
+
+def test_the_window_fits_a_1366_by_768_screen_at_start(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "screen.json"
+    config.write_text(
+        json.dumps(
+            {
+                "windowFrameMargins": True,
+                "screens": [
+                    {"name": "laptop", "x": 0, "y": 0, "width": 1366, "height": 768, "dpr": 1}
+                ],
+            }
+        )
+    )
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM=f"offscreen:configfile={config}",
+        QLORA_STUDIO_SETTINGS_DIR=str(tmp_path),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", FITS_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["area"] == [1366, 768], "the simulated laptop screen was used"
+    x, y, width, height = seen["frame"]
+    assert x >= 0 and y >= 0 and x + width <= 1366 and y + height <= 768, seen
+
+
+def test_long_status_text_elides_instead_of_widening_the_window(make_window, qtbot):
+    window = make_window()
+    width = window.width()
+    long = "a very long status message " * 40
+    window.session.apply_event(PhaseChanged(Phase.RESOLVING, long, None))
+    window.statusBar().showMessage(long)
+    qtbot.wait(50)  # let the layout settle (no condition to wait on: nothing should change)
+    assert window.width() == width
+    phase = window.findChild(QLabel, "jobPhaseLabel")
+    assert long.strip() in phase.text() and phase.toolTip()
+    assert QLabel.text(phase).endswith("…"), "drawn elided"
+    assert phase.width() < window.width()
+
+
+def test_start_is_disabled_with_the_reason_for_a_model_that_cannot_be_read(
+    make_window, qtbot, tiny_models, tmp_path
+):
+    window = make_window()
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    line = window.vram_plot.lines["estimate"]
+    assert line.isVisible()
+    start = window.findChild(QPushButton, "startButton")
+    assert start.isEnabled()
+    missing = tmp_path / "no-such-model"
+    use_model(qtbot, window, str(missing))
+    assert not start.isEnabled()
+    reason = window.findChild(QLabel, "startBlockedLabel")
+    assert reason.isVisible() and str(missing) in reason.text()
+    verdict = window.findChild(QLabel, "estimateVerdictLabel").text()
+    assert "cannot be read" in verdict, "the estimate says why, not 'waiting for the shape'"
+    assert not line.isVisible(), "no stale estimate line on the memory plot"
+    # Back to a good model: everything follows.
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    assert start.isEnabled() and not reason.isVisible() and line.isVisible()
+
+
+def test_start_is_disabled_for_a_dataset_the_window_flagged(
+    make_window, qtbot, tiny_models, tmp_path
+):
+    window = make_window()
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
+    type_into(qtbot, window, "datasetPathEdit", str(bad))
+    error = window.findChild(QLabel, "datasetErrorLabel")
+    qtbot.waitUntil(lambda: error.isVisible(), timeout=120_000)
+    assert "bad.jsonl" in error.text(), "named in the settings column, not only in the preview"
+    start = window.findChild(QPushButton, "startButton")
+    assert not start.isEnabled()
+    assert "dataset" in window.findChild(QLabel, "startBlockedLabel").text().lower()
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    type_into(qtbot, window, "datasetPathEdit", str(good))
+    qtbot.waitUntil(lambda: start.isEnabled(), timeout=120_000)
+    assert not error.isVisible()
+
+
+def test_the_advice_has_an_apply_button_that_makes_it_fit(
+    make_window, qtbot, tiny_models, monkeypatch
+):
+    monkeypatch.setenv(
+        "QLORA_STUDIO_FAKE_GPUS",
+        json.dumps(
+            [{"name": "Small", "total_mib": 1000, "free_mib": 1000, "compute_capability": [8, 6]}]
+        ),
+    )
+    window = make_window()
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    set_spin(qtbot, window, "batchSizeSpin", 16)
+    set_spin(qtbot, window, "maxLengthSpin", 2048)
+    assert window.session.estimate.verdict == "does_not_fit"
+    apply = window.findChild(QPushButton, "applyAdviceButton")
+    assert apply.isVisible()
+    changes = window.session.estimate.advice_changes
+    click(qtbot, window, "applyAdviceButton")
+    assert window.session.estimate.verdict != "does_not_fit"
+    for section, values in changes.items():
+        for key, value in values.items():
+            assert getattr(getattr(window.session.recipe, section), key) == value
+    assert window.findChild(object, "gradCheckpointCheck").isChecked() == (
+        window.session.recipe.training.gradient_checkpointing
+    )
+    assert not apply.isVisible()
+
+
+def test_settings_without_effect_are_disabled_with_the_reason(make_window, qtbot):
+    window = make_window()
+    upcast = window.findChild(object, "fp32UpcastCheck")
+    qtype = window.findChild(object, "quantTypeCombo")
+    epochs = window.findChild(object, "epochsSpin")
+    assert upcast.isEnabled() and qtype.isEnabled()
+    assert not epochs.isEnabled(), "max_steps wins over epochs"
+    choose(qtbot, window, "quantModeCombo", "none")
+    assert not upcast.isEnabled() and "No effect now" in upcast.toolTip()
+    assert not qtype.isEnabled()
+    choose(qtbot, window, "quantModeCombo", "8bit")
+    assert upcast.isEnabled() and not qtype.isEnabled()
+    set_spin(qtbot, window, "maxStepsSpin", -1)
+    assert epochs.isEnabled()
+
+
+def test_an_edit_the_recipe_refuses_is_undone_and_said(make_window, qtbot):
+    window = make_window()
+    type_into(qtbot, window, "outputDirEdit", "   ")
+    message = window.statusBar().currentMessage()
+    assert "Not changed" in message and "output.dir" in message
+    edit = window.findChild(object, "outputDirEdit")
+    qtbot.waitUntil(lambda: edit.text() == window.session.recipe.output.dir)

@@ -20,7 +20,6 @@ from studio.core.bundle import read_bundle  # noqa: E402
 from studio.core.engine import EngineRunner  # noqa: E402
 from studio.core.engine.checkpoints import checkpoints_dir, list_checkpoints  # noqa: E402
 from studio.core.events import (  # noqa: E402
-    PHASES,
     CheckpointSaved,
     EvalLogged,
     Failed,
@@ -31,6 +30,7 @@ from studio.core.events import (  # noqa: E402
     StepLogged,
     Stopped,
 )
+from studio.core.phases import ENGINE_PHASES, Phase  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,9 @@ def test_run_reports_phases_steps_and_finishes(reference_run):
     assert isinstance(events[-1], Finished) and exitcode == 0
     phases = [e.phase for e in events if isinstance(e, PhaseChanged)]
     order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
-    assert order == [p for p in PHASES if p != "converting"]  # a folder model needs no conversion
+    # Every engine phase in order; a folder model needs no conversion.
+    assert order == [p for p in ENGINE_PHASES if p is not Phase.CONVERTING]
+    assert all(isinstance(p, Phase) for p in phases), "phases are the enum, end to end"
     steps = [e for e in events if isinstance(e, StepLogged)]
     assert [e.step for e in steps] == list(range(1, 13))
     assert all(e.max_steps == 12 and e.tokens_per_second > 0 for e in steps)

@@ -95,18 +95,18 @@ def click(qtbot, window, name: str) -> None:
 
 
 def answer(button_name: str, seen: list | None = None) -> None:
-    """Click ``button_name`` in the next question the window asks (a modal QMessageBox)."""
+    """Click ``button_name`` in the next question the window asks that has that button (a
+    modal QMessageBox); several calls answer a sequence of questions."""
 
     def attempt() -> None:
         box = QApplication.activeModalWidget()
-        if isinstance(box, QMessageBox):
-            if seen is not None:
-                seen.append(box.text())
-            button = box.findChild(QPushButton, button_name)
-            assert button is not None, f"no {button_name} in {box.text()!r}"
-            button.click()
-        else:
+        button = box.findChild(QPushButton, button_name) if isinstance(box, QMessageBox) else None
+        if button is None or not button.isVisible():
             QTimer.singleShot(20, attempt)
+            return
+        if seen is not None:
+            seen.append(box.text())
+        button.click()
 
     QTimer.singleShot(0, attempt)
 

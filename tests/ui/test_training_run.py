@@ -1,37 +1,32 @@
-"""A real short training run through the window on a tiny model: Start, loss points arrive,
-Pause holds, Resume, Stop leaves a checkpoint, then a resumed run finishes and its bundle is
-saved elsewhere and loads."""
+"""Real short training runs on a tiny model, driven through the window as a person does:
+finish a run, start another over its bundle, pause and resume, close mid-run with a
+checkpoint, reopen, resume (replacing the earlier bundle), save the bundle with the button,
+open bundles from the File menu, chat, and close during a run in each of the three ways."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from conftest import wait_for_shape
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QPushButton
+from conftest import (
+    LONG,
+    answer,
+    click,
+    configure_run,
+    fill_file_dialog,
+    set_spin,
+    type_into,
+    use_model,
+    wait_for_shape,
+    write_dataset,
+)
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QLabel, QPushButton
 
 from studio.core.bundle import read_bundle
-from studio.ui.main_window import checkpoints_of
+from studio.core.engine.output import inspect_output
+from studio.core.events import Failed, Finished, Paused, Resumed, StepLogged, Stopped
+from studio.core.phases import JobState
 
 pytestmark = pytest.mark.slow
-LONG = 300_000  # generous waits (not timing assertions): 2 shared CPU cores
-
-
-def write_dataset(path, n=24):
-    with path.open("w") as f:
-        for i in range(n):
-            f.write(
-                json.dumps(
-                    {
-                        "instruction": f"Count to {i % 5 + 1}.",
-                        "input": "",
-                        "output": " ".join(str(k) for k in range(1, i % 5 + 2)),
-                    }
-                )
-                + "\n"
-            )
-    return path
 
 
 def curve_points(window) -> int:
@@ -40,90 +35,149 @@ def curve_points(window) -> int:
     return 0 if x is None else len(x)
 
 
-def test_train_pause_stop_resume_finish_and_save(
-    make_window, qtbot, tiny_models, tmp_path, monkeypatch
-):
-    window = make_window()
-    data = write_dataset(tmp_path / "data.jsonl")
-    out = tmp_path / "run"
-    window.dataset.path.setText(str(data))
-    window.dataset._edited()
-    window.findChild(object, "maxLengthSpin").setValue(64)
-    window.findChild(object, "maxStepsSpin").setValue(40)
-    window.findChild(object, "saveStepsSpin").setValue(2)
-    window.findChild(object, "evalStepsSpin").setValue(5)
-    window.findChild(object, "batchSizeSpin").setValue(2)
-    optimizer = window.findChild(object, "optimizerCombo")
-    optimizer.setCurrentIndex(optimizer.findData("adamw_torch"))
-    window.training.output.setText(str(out))
-    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
-
-    start = window.findChild(QPushButton, "startButton")
-    pause = window.findChild(QPushButton, "pauseButton")
-    stop = window.findChild(QPushButton, "stopButton")
-    qtbot.mouseClick(start, Qt.MouseButton.LeftButton)
-    assert window.controller.is_active
-
-    # Loss points arrive in the plot (drawn by the redraw timer).
-    qtbot.waitUntil(lambda: curve_points(window) >= 2, timeout=LONG)
-
-    # Pause holds: once Paused arrived, no new steps while we wait.
-    qtbot.mouseClick(pause, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: window.controller.state == "paused", timeout=LONG)
-    assert pause.text() == "Resume"
-    held = len(window.loss_plot.steps)
-    qtbot.wait(3000)
-    assert len(window.loss_plot.steps) == held
-
-    # Resume: steps continue.
-    qtbot.mouseClick(pause, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: len(window.loss_plot.steps) > held, timeout=LONG)
-
-    # Stop leaves a checkpoint.
+def run_to_end(qtbot, window, *answers) -> object:
+    """Click Start (answering the questions with ``answers``) and wait for the job's end."""
     ended = []
     window.controller.jobEnded.connect(ended.append)
-    qtbot.mouseClick(stop, Qt.MouseButton.LeftButton)
+    for name in answers:
+        answer(name)
+    click(qtbot, window, "startButton")
     qtbot.waitUntil(lambda: bool(ended), timeout=LONG)
-    assert type(ended[0]).__name__ == "Stopped", ended[0]
-    assert ended[0].checkpoint and checkpoints_of(str(out))
-    assert not window.controller.is_active
-    assert start.isEnabled() and not stop.isEnabled()
-    assert window.vram_plot.t_proc, "the engine's memory was sampled (RSS on the CPU)"
+    return ended[0]
 
-    # Start again: resume from the checkpoint and run to the end.
-    monkeypatch.setattr(window, "ask_resume", lambda checkpoint: True)
-    ended.clear()
-    qtbot.mouseClick(start, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: bool(ended), timeout=LONG)
-    assert type(ended[0]).__name__ == "Finished", ended[0]
-    assert window.findChild(QPushButton, "saveBundleButton").isEnabled()
-    assert window.estimate_panel.measured.isVisible() or window.estimate_panel.measured.text()
-    info = read_bundle(out)
-    assert info.recipe.training.max_steps == 40
 
-    # Save a copy elsewhere (atomic), replacing only after confirmation.
+def test_train_replace_pause_close_reopen_resume_save_open_and_chat(
+    make_window, qtbot, tiny_models, tmp_path
+):
+    data = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "run"
+    window = make_window()
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    configure_run(qtbot, window, data, out, max_steps=3, save_steps=2)
+
+    # A first short run finishes: its bundle is in place.
+    first = run_to_end(qtbot, window)
+    assert isinstance(first, Finished), first
+    assert read_bundle(out).recipe.training.max_steps == 3
+    status = window.findChild(QLabel, "jobStatusLabel")
+    assert "ETA" not in status.text() and "Saving" not in window.statusBar().currentMessage()
+    assert "Finished" in window.statusBar().currentMessage()
+
+    # A longer run over it: the window asks before it will replace that bundle.
+    set_spin(qtbot, window, "maxStepsSpin", 60)
+    events = []
+    window.controller.eventReceived.connect(events.append)
+    seen = []
+    answer("replaceButton", seen)
+    click(qtbot, window, "startButton")
+    assert seen and str(out) in seen[0]
+    qtbot.waitUntil(lambda: curve_points(window) >= 2, timeout=LONG)
+
+    # Pause: said at once, confirmed by the engine; no step is trained while paused.
+    pause = window.findChild(QPushButton, "pauseButton")
+    click(qtbot, window, "pauseButton")
+    assert "Pausing" in window.findChild(QLabel, "jobPhaseLabel").text()
+    qtbot.waitUntil(lambda: window.session.job is JobState.PAUSED, timeout=LONG)
+    assert pause.text() == "Resume"
+    click(qtbot, window, "pauseButton")
+    qtbot.waitUntil(lambda: any(isinstance(e, Resumed) for e in events), timeout=LONG)
+    held = next(i for i, e in enumerate(events) if isinstance(e, Paused))
+    resumed = next(i for i, e in enumerate(events) if isinstance(e, Resumed))
+    assert not any(isinstance(e, StepLogged) for e in events[held:resumed])
+    steps_before = len(window.loss_plot.steps)
+    qtbot.waitUntil(lambda: len(window.loss_plot.steps) > steps_before, timeout=LONG)
+
+    # Close mid-run: "Stop with checkpoint and close" keeps the work.
+    answer("stopAndCloseButton")
+    window.close()
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=LONG)
+    state = inspect_output(out)
+    assert state.resumable and state.bundle_exists
+
+    # Reopen: Start offers to resume; resuming over the first bundle asks to replace it.
+    again = make_window(restore=True)
+    assert again.session.recipe.output.dir == str(out)
+    again.load_model()
+    qtbot.waitUntil(lambda: again.findChild(QPushButton, "startButton").isEnabled(), timeout=LONG)
+    seen.clear()
+    answer("resumeButton", seen)
+    answer("replaceButton", seen)
+    ended = run_to_end(qtbot, again)
+    assert isinstance(ended, Finished), ended
+    assert len(seen) == 2 and "checkpoint" in seen[0] and "Resum" in seen[1]
+    assert ended.step == 60 and read_bundle(out).recipe.training.max_steps == 60
+    assert again.findChild(QLabel, "measuredPeakLabel").isVisible()
+    assert again.vram_plot.t_proc, "the engine's memory was sampled (RSS on the CPU)"
+
+    # Save the bundle with the button, into a folder typed in the file dialog.
     target = tmp_path / "saved" / "my-adapter"
-    assert window.save_bundle(str(target)) == target
-    assert read_bundle(target).recipe.lora.r == window.recipe().lora.r
-    from PySide6.QtWidgets import QMessageBox
+    target.parent.mkdir()
+    fill_file_dialog(str(target))
+    click(qtbot, again, "saveBundleButton")
+    qtbot.waitUntil(lambda: target.is_dir(), timeout=LONG)
+    assert read_bundle(target).recipe.training.max_steps == 60
+    assert str(target) in again.statusBar().currentMessage()
 
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No)
-    assert window.save_bundle(str(target)) is None  # declined: the existing copy stays
-    assert read_bundle(target)
-
-    # Opening the bundle shows its loss curve and readies the chat.
-    assert window.open_bundle(str(target))
-    assert window.loss_plot.steps and window.chat.bundle == str(target)
-
-    # Chat: the prompt is answered with the adapter and by the base model, side by side.
-    window.findChild(object, "chatPromptEdit").setPlainText("Count to 3.")
-    send = window.findChild(QPushButton, "chatSendButton")
-    assert send.isEnabled()
-    qtbot.mouseClick(send, Qt.MouseButton.LeftButton)
+    # Chat with it, then open the saved copy from the File menu: the answers start afresh.
+    again.findChild(object, "chatPromptEdit").setPlainText("Count to 3.")
+    click(qtbot, again, "chatSendButton")
     qtbot.waitUntil(
-        lambda: window.chat.answers is not None or "⚠" in window.chat.status.text(), timeout=LONG
+        lambda: again.chat.answers is not None or "⚠" in again.chat.status.text(), timeout=LONG
     )
-    assert window.chat.answers is not None, window.chat.status.toolTip()
-    adapter_answer, base_answer = window.chat.answers
-    assert isinstance(adapter_answer, str) and isinstance(base_answer, str)
-    assert window.findChild(object, "chatAdapterView").toPlainText() == adapter_answer
+    assert again.chat.answers is not None, again.chat.status.toolTip()
+    assert again.findChild(object, "chatAdapterView").toPlainText() == again.chat.answers[0]
+    fill_file_dialog(str(target))
+    again.findChild(QAction, "openBundleAction").trigger()
+    qtbot.waitUntil(lambda: again.session.bundle == str(target), timeout=LONG)
+    assert (
+        again.chat.answers is None and not again.findChild(object, "chatAdapterView").toPlainText()
+    )
+    assert again.loss_plot.steps, "the opened bundle's loss curve is shown"
+
+
+def test_a_failed_job_shows_its_phase_and_message_until_the_model_changes(
+    make_window, qtbot, tiny_models, tmp_path
+):
+    window = make_window()
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    configure_run(qtbot, window, write_dataset(tmp_path / "d.jsonl"), tmp_path / "run", max_steps=3)
+    type_into(qtbot, window, "loraTargetsEdit", "nonexistent_proj")
+    ended = run_to_end(qtbot, window)
+    assert isinstance(ended, Failed), ended
+    panel = window.findChild(object, "failurePanel")
+    assert panel.isVisible()
+    assert "nonexistent_proj" in window.findChild(QLabel, "failureMessageLabel").text()
+    title = window.findChild(QLabel, "failureTitleLabel").text()
+    assert ended.phase.label in title
+    # The window stays usable; a different model source clears the stale failure.
+    assert window.findChild(QPushButton, "startButton").isEnabled()
+    assert window.settings_column.isEnabled()
+    use_model(qtbot, window, str(tiny_models["qwen2"]))
+    assert not panel.isVisible()
+
+
+@pytest.mark.parametrize("choice", ["keep", "kill"])
+def test_closing_during_a_run_offers_keep_running_and_stop_now(
+    make_window, qtbot, tiny_models, tmp_path, choice
+):
+    window = make_window()
+    out = tmp_path / "run"
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    configure_run(qtbot, window, write_dataset(tmp_path / "d.jsonl"), out, max_steps=500)
+    ended = []
+    window.controller.jobEnded.connect(ended.append)
+    click(qtbot, window, "startButton")
+    qtbot.waitUntil(lambda: len(window.loss_plot.steps) >= 1, timeout=LONG)
+    if choice == "keep":
+        answer("keepRunningButton")
+        window.close()
+        assert window.isVisible() and window.controller.is_active
+        click(qtbot, window, "stopButton")
+        qtbot.waitUntil(lambda: bool(ended), timeout=LONG)
+        assert isinstance(ended[0], Stopped) and inspect_output(out).resumable
+    else:
+        answer("killAndCloseButton")
+        window.close()
+        qtbot.waitUntil(lambda: not window.isVisible(), timeout=LONG)
+        assert isinstance(ended[0], Failed) and ended[0].error_type == "EngineKilled"
+        assert not window.controller.is_active

@@ -89,7 +89,7 @@ def baseline(app, recipe) -> dict:
     from PySide6.QtWidgets import QLabel, QMainWindow
 
     from studio.core.engine.runner import EngineRunner
-    from studio.core.events import TERMINAL_EVENTS
+    from studio.core.events import TERMINAL_EVENTS, Failed, PhaseChanged, StepLogged
 
     window = QMainWindow()
     window.setCentralWidget(QLabel("bare window"))
@@ -105,7 +105,7 @@ def baseline(app, recipe) -> dict:
         for event in runner.poll(0):
             if isinstance(event, TERMINAL_EVENTS):
                 ended.append(event)
-            elif type(event).__name__ in ("PhaseChanged", "StepLogged", "Failed"):
+            elif isinstance(event, (PhaseChanged, StepLogged, Failed)):
                 print(f"  {event}", file=sys.stderr, flush=True)
         return bool(ended)
 
@@ -126,7 +126,12 @@ def studio(app, recipe) -> dict:
     startup = StallMeter()
     startup.start()
     window.show()
-    wait(app, lambda: window.shape is not None and window.dataset.preview is not None, 600)
+    window.load_model()
+    wait(
+        app,
+        lambda: window.session.estimate is not None and window.session.dataset.preview is not None,
+        600,
+    )
     settle = time.monotonic() + 1.0
     wait(app, lambda: time.monotonic() > settle, 5)
     startup.stop()
@@ -134,7 +139,7 @@ def studio(app, recipe) -> dict:
     ended = []
     window.controller.jobEnded.connect(ended.append)
     meter.start()
-    if not window.start_job():
+    if not window.jobs.start():
         raise RuntimeError("the window did not start the job")
     wait(app, lambda: bool(ended), 1800)
     meter.stop()

@@ -26,6 +26,8 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=60)
     parser.add_argument("--out", default=str(ROOT / "docs/images/studio-training.png"))
     parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument("--width", type=int, default=1600, help="window width")
+    parser.add_argument("--height", type=int, default=1000, help="window height")
     parser.add_argument(
         "--dataset-out",
         default=str(ROOT / "docs/images/studio-dataset.png"),
@@ -40,11 +42,14 @@ def main() -> int:
     app = ensure_application()
     window = build_main_window(restore=False, autoload=False)
     run_dir = Path(tempfile.mkdtemp(prefix="qs-run-")) / "smollm2-sample"
-    window.training.output.setText(str(run_dir))
-    window.training.max_steps.setValue(args.max_steps)
-    window.training.save_steps.setValue(1000)
-    window.model_panel.set_source(args.model, load=False)
-    window.resize(1600, 1000)
+    window.session.edit_many(
+        {
+            "output": {"dir": str(run_dir)},
+            "training": {"max_steps": args.max_steps, "save_steps": 1000},
+            "model": {"source": args.model},
+        }
+    )
+    window.resize(args.width, args.height)
     window.show()
     window.load_model()
 
@@ -56,9 +61,9 @@ def main() -> int:
             app.processEvents()
             time.sleep(0.02)
 
-    wait(lambda: window.estimate is not None, "the model's shape")
-    wait(lambda: window.dataset.preview is not None, "the dataset preview")
-    if not window.start_job():
+    wait(lambda: window.session.estimate is not None, "the model's shape")
+    wait(lambda: window.session.dataset.preview is not None, "the dataset preview")
+    if not window.jobs.start():
         raise SystemExit("the run did not start")
     wait(
         lambda: len(window.loss_plot.steps) >= args.steps or not window.controller.is_active,

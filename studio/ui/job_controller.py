@@ -37,7 +37,7 @@ class JobController(QObject):
         self._timer.timeout.connect(self._poll)
         # Creating a runner starts multiprocessing's helper process (~0.4 s): do it now, off
         # the GUI thread, so Start does not freeze the window.
-        from studio.core.engine.runner import prepare_process_machinery
+        from studio.core.engine import prepare_process_machinery
         from studio.ui.background import run_in_background
 
         run_in_background(lambda _progress: prepare_process_machinery(), owner=self)

@@ -6,7 +6,7 @@ import enum
 
 
 class ExitCode(enum.IntEnum):
-    """The exit codes promised in DESIGN.md."""
+    """The exit codes promised in docs/architecture.md."""
 
     OK = 0
     BAD_INPUT = 2  # a message names the file, field or line and what to do

@@ -213,7 +213,7 @@ class QuantizationSection(_Section):
     """How the frozen base model is held in memory.
 
     ``fp32_upcast`` is PEFT's k-bit preparation casting every non-quantized parameter
-    (embeddings, lm_head, norms) to float32: more stable, and more memory (MEMORY_MODEL.md).
+    (embeddings, lm_head, norms) to float32: more stable, and more memory (docs/memory-estimator.md).
     """
 
     mode: str = _field(

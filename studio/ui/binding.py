@@ -227,7 +227,7 @@ def _object_name(dotted: str) -> str:
     return section + "".join(w.capitalize() for w in words) + "Edit"
 
 
-# The object names tests and DESIGN.md know the controls by.
+# The object names tests and docs/architecture.md know the controls by.
 OBJECT_NAMES = {
     "quantization.mode": "quantModeCombo",
     "quantization.quant_type": "quantTypeCombo",

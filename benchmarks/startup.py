@@ -27,7 +27,7 @@ kind = sys.argv[1]
 app = QApplication.instance() or QApplication([])
 if kind == "studio":
     from studio.app import build_main_window
-    window = build_main_window(defer_plots=True)  # as run_app builds it
+    window = build_main_window(defer_build=True)  # as run_app builds it
 else:
     window = QMainWindow()
     window.setCentralWidget(QLabel("bare PySide6 window"))

@@ -32,12 +32,13 @@ def build_main_window(
     *,
     restore: bool = True,
     autoload: bool = True,
-    defer_plots: bool = False,
+    defer_build: bool = False,
 ):
     """The main window (not shown), with ``recipe_path`` loaded if given.
 
-    With ``defer_plots`` (what `run_app` uses) the pyqtgraph plots are made right after the
-    window's first paint, so the window appears sooner; otherwise they exist at once.
+    With ``defer_build`` (what `run_app` uses) the window paints its frame first and builds
+    its panels and plots right after that first paint, so it appears sooner; otherwise
+    everything exists at once.
 
     Creates the QApplication if there is none. Raises `RecipeError` for a bad recipe file.
     """
@@ -46,17 +47,18 @@ def build_main_window(
     from studio.ui.main_window import MainWindow
 
     recipe = load_recipe(recipe_path) if recipe_path else None
-    return MainWindow(recipe, restore=restore, autoload=autoload, defer_plots=defer_plots)
+    return MainWindow(recipe, restore=restore, autoload=autoload, defer_build=defer_build)
 
 
 def run_app(recipe_path: str | None = None, argv: Sequence[str] | None = None) -> int:
     """Open the window and run the event loop until it closes; returns the exit code."""
     app = ensure_application(argv)
     _set_icon(app)
-    window = build_main_window(recipe_path, defer_plots=True)
+    window = build_main_window(recipe_path, defer_build=True)
     window.show()
     code = app.exec()
-    window.controller.shutdown()
+    if window.session is not None:
+        window.controller.shutdown()
     from studio.ui.background import shutdown_helper, wait_for_background
 
     shutdown_helper()  # a read still running in it is abandoned, and its waiting thread ends

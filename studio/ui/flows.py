@@ -10,11 +10,13 @@ tests answer it by clicking, as a person does.
 from __future__ import annotations
 
 import enum
+import sys
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
+from studio import APP_NAME
 from studio.core.phases import JobState
 
 
@@ -222,3 +224,58 @@ class BundleFlow(QObject):
             self.on_opened(bundle_events(info))
         self.window.statusBar().showMessage(f"Opened bundle {path}", 10000)
         return True
+
+
+class RecipeFlow(QObject):
+    """Open a recipe file into the session; save the session's recipe as a file."""
+
+    def __init__(self, window, session) -> None:
+        super().__init__(window)
+        self.window = window
+        self.session = session
+
+    def open(self, path: str | None = None) -> bool:
+        from studio.core.recipe import RecipeError, load_recipe
+
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(
+                self.window, "Open a recipe", "", "Recipes (*.toml)"
+            )
+            if not path:
+                return False
+        try:
+            self.session.set_recipe(load_recipe(path))
+        except RecipeError as exc:
+            QMessageBox.warning(self.window, "Cannot open the recipe", str(exc))
+            return False
+        self.window.statusBar().showMessage(f"Opened {path}", 5000)
+        return True
+
+    def save_as(self, path: str | None = None) -> Path | None:
+        from studio.core.recipe import save_recipe
+
+        if not path:
+            path, _ = QFileDialog.getSaveFileName(
+                self.window, "Save the recipe", "recipe.toml", "Recipes (*.toml)"
+            )
+            if not path:
+                return None
+        try:
+            saved = save_recipe(self.session.recipe, path)
+        except OSError as exc:
+            QMessageBox.warning(self.window, "Could not save the recipe", f"{path}: {exc}")
+            return None
+        self.window.statusBar().showMessage(f"Saved {saved}", 5000)
+        return saved
+
+
+def about(parent) -> None:
+    """Help ▸ About."""
+    from studio import __version__
+
+    QMessageBox.about(
+        parent,
+        f"About {APP_NAME}",
+        f"<b>{APP_NAME}</b> {__version__}<br>Point-and-click QLoRA fine-tuning with a memory "
+        f"estimate you can check against the measured peak.<br>Python {sys.version.split()[0]}",
+    )

@@ -10,16 +10,13 @@ preview are read in the helper process once the window has painted.
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QByteArray, Qt, QTimer
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
-    QFileDialog,
+    QLabel,
     QMainWindow,
-    QMessageBox,
     QPlainTextEdit,
     QScrollArea,
     QSplitter,
@@ -29,24 +26,18 @@ from PySide6.QtWidgets import (
 )
 
 from studio import APP_NAME
-from studio.core.recipe import Recipe, RecipeError, load_recipe, save_recipe
-from studio.core.session import Session
-from studio.ui.chat_panel import ChatPanel
-from studio.ui.dataset_panel import DatasetPanel
-from studio.ui.estimate_widget import EstimatePanel
-from studio.ui.flows import BundleFlow, JobFlow
-from studio.ui.hardware_panel import HardwarePanel
-from studio.ui.job_controller import JobController
-from studio.ui.live import LiveView
-from studio.ui.model_panel import ModelPanel
-from studio.ui.plots import LossPlot, LrPlot, VramPlot
-from studio.ui.quant_panel import QuantPanel
-from studio.ui.readers import SessionReaders
-from studio.ui.settings import open_settings, remember_recipe, restored_recipe
-from studio.ui.status import FailurePanel, RunBar
-from studio.ui.training_panel import TrainingPanel
+from studio.ui.flows import about
+from studio.ui.settings import (
+    default_recipe,
+    open_settings,
+    remember_recipe,
+    restored_recipe,
+    with_runs_dir,
+)
 
-DEFAULT_RUNS_DIR = Path.home() / "qlora-studio" / "runs"
+if TYPE_CHECKING:
+    from studio.core.recipe import Recipe
+
 DEFAULT_SIZE = (1400, 900)
 SCREEN_MARGIN = 40  # keep the window this far inside the screen's available area
 
@@ -60,19 +51,54 @@ class MainWindow(QMainWindow):
         *,
         restore: bool = True,
         autoload: bool = True,
-        defer_plots: bool = False,
+        defer_build: bool = False,
     ) -> None:
         super().__init__()
         self.setWindowTitle(APP_NAME)
         self.setObjectName("mainWindow")
-        if recipe is None and restore:
-            recipe = restored_recipe()
-        self.session = session = Session.create(_with_runs_dir(recipe or Recipe()))
-        self.readers = SessionReaders(session, autoload=False, parent=self)
+        self.resize(*self._start_size())
+        self._options = (recipe, restore)
         self._autoload = autoload
         self._painted = False
-        report = self._report_edit_error
+        self.session = None
+        if restore:
+            geometry = open_settings().value("window/geometry")
+            if isinstance(geometry, QByteArray):
+                self.restoreGeometry(geometry)
+        if defer_build:
+            # `qlora-studio` paints this frame at once and builds the panels (their imports
+            # take longer than starting PySide6 itself) right after the first paint.
+            self.setCentralWidget(
+                QLabel("Starting QLoRA Studio…", alignment=Qt.AlignmentFlag.AlignCenter)
+            )
+        else:
+            self.build()
 
+    def build(self) -> None:
+        """Make the session, the panels, the plots and the menus (once)."""
+        if self.session is not None:
+            return
+        from studio.core.session import Session
+        from studio.ui.chat_panel import ChatPanel
+        from studio.ui.dataset_panel import DatasetPanel
+        from studio.ui.estimate_widget import EstimatePanel
+        from studio.ui.flows import BundleFlow, JobFlow, RecipeFlow
+        from studio.ui.hardware_panel import HardwarePanel
+        from studio.ui.job_controller import JobController
+        from studio.ui.live import LiveView
+        from studio.ui.model_panel import ModelPanel
+        from studio.ui.plots import LossPlot, LrPlot, VramPlot
+        from studio.ui.quant_panel import QuantPanel
+        from studio.ui.readers import SessionReaders
+        from studio.ui.status import FailurePanel, RunBar
+        from studio.ui.training_panel import TrainingPanel
+
+        recipe, restore = self._options
+        if recipe is None and restore:
+            recipe = restored_recipe()
+        self.session = session = Session.create(with_runs_dir(recipe or default_recipe()))
+        self.readers = SessionReaders(session, autoload=False, parent=self)
+        report = self._report_edit_error
         self.hardware = HardwarePanel(session)
         self.model_panel = ModelPanel(session, on_error=report)
         self.quant = QuantPanel(session, on_error=report)
@@ -83,8 +109,7 @@ class MainWindow(QMainWindow):
         self.failure = FailurePanel(session)
         self.loss_plot, self.lr_plot, self.vram_plot = LossPlot(), LrPlot(), VramPlot()
         self.chat = ChatPanel(session)
-        self.log = QPlainTextEdit(objectName="logView")
-        self.log.setReadOnly(True)
+        self.log = QPlainTextEdit(objectName="logView", readOnly=True)
         self.log.setMaximumBlockCount(5000)
         self.controller = JobController(session, self)
         self.live = LiveView(
@@ -97,10 +122,8 @@ class MainWindow(QMainWindow):
             hardware=self.hardware,
         )
         self.jobs = JobFlow(self, session, self.controller)
+        self.recipes = RecipeFlow(self, session)
         self.bundles = BundleFlow(self, session, on_opened=self._bundle_opened)
-        if not defer_plots:
-            self.live.build_plots()  # else right after the first paint (`paintEvent`)
-
         column = self._lay_out()
         self._build_menu()
         self.statusBar().showMessage("Ready.")
@@ -113,6 +136,7 @@ class MainWindow(QMainWindow):
         session.events.job.connect(lambda state: column.setEnabled(not state.active))
         if restore:
             self._restore_layout()
+        self.live.build_plots()
 
     # ----- layout ---------------------------------------------------------------------
     def _lay_out(self) -> QWidget:
@@ -148,8 +172,7 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 1)
         self.setCentralWidget(self.splitter)
-        width, height = self._start_size()
-        self.resize(width, height)
+        width = self.width()
         self.splitter.setSizes([min(460, width // 3), width - min(460, width // 3)])
         return column
 
@@ -167,7 +190,6 @@ class MainWindow(QMainWindow):
     def _restore_layout(self) -> None:
         settings = open_settings()
         for key, restore in (
-            ("window/geometry", self.restoreGeometry),
             ("window/state", self.restoreState),
             ("window/splitter", self.splitter.restoreState),
         ):
@@ -192,9 +214,9 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(0, self._after_first_paint)
 
     def _after_first_paint(self) -> None:
-        """What would delay the first paint: pyqtgraph's import (deferred plots), then reading
-        the model's shape (transformers and torch, imported in the helper process)."""
-        self.live.build_plots()
+        """What would delay the first paint: the panels and pyqtgraph (a deferred build), then
+        reading the model's shape (transformers and torch, imported in the helper process)."""
+        self.build()
         if self._autoload:
             self.readers.autoload = True
             QTimer.singleShot(50, self.readers.read_model)
@@ -219,31 +241,7 @@ class MainWindow(QMainWindow):
         self.live.show_history(events)
         self.tabs.setCurrentWidget(self.chat)
 
-    # ----- recipes and menus ----------------------------------------------------------
-    def open_recipe(self, path: str | None = None) -> bool:
-        if not path:
-            path, _ = QFileDialog.getOpenFileName(self, "Open a recipe", "", "Recipes (*.toml)")
-            if not path:
-                return False
-        try:
-            self.session.set_recipe(load_recipe(path))
-        except RecipeError as exc:
-            QMessageBox.warning(self, "Cannot open the recipe", str(exc))
-            return False
-        self.statusBar().showMessage(f"Opened {path}", 5000)
-        return True
-
-    def save_recipe_as(self, path: str | None = None) -> Path | None:
-        if not path:
-            path, _ = QFileDialog.getSaveFileName(
-                self, "Save the recipe", "recipe.toml", "Recipes (*.toml)"
-            )
-            if not path:
-                return None
-        saved = save_recipe(self.session.recipe, path)
-        self.statusBar().showMessage(f"Saved {saved}", 5000)
-        return saved
-
+    # ----- menus ----------------------------------------------------------------------
     def _build_menu(self) -> None:
         def add(menu, text, slot, shortcut=None, name=None):
             action = QAction(text, self, objectName=name or "")
@@ -253,41 +251,23 @@ class MainWindow(QMainWindow):
             menu.addAction(action)
             return action
 
+        recipes, keys = self.recipes, QKeySequence.StandardKey
         file = self.menuBar().addMenu("&File")
-        add(
-            file,
-            "&Open recipe…",
-            self.open_recipe,
-            QKeySequence.StandardKey.Open,
-            "openRecipeAction",
-        )
-        add(
-            file,
-            "&Save recipe as…",
-            self.save_recipe_as,
-            QKeySequence.StandardKey.Save,
-            "saveRecipeAction",
-        )
+        add(file, "&Open recipe…", recipes.open, keys.Open, "openRecipeAction")
+        add(file, "&Save recipe as…", recipes.save_as, keys.Save, "saveRecipeAction")
         file.addSeparator()
         add(file, "Open &bundle…", self.bundles.open, None, "openBundleAction")
         add(file, "Save b&undle as…", self.bundles.save, None, "saveBundleAction")
         file.addSeparator()
         add(file, "&Quit", self.close, QKeySequence.StandardKey.Quit, "quitAction")
         help_menu = self.menuBar().addMenu("&Help")
-        add(help_menu, "&About", self._about)
-
-    def _about(self) -> None:
-        from studio import __version__
-
-        QMessageBox.about(
-            self,
-            f"About {APP_NAME}",
-            f"<b>{APP_NAME}</b> {__version__}<br>Point-and-click QLoRA fine-tuning with a memory "
-            f"estimate you can check against the measured peak.<br>Python {sys.version.split()[0]}",
-        )
+        add(help_menu, "&About", lambda: about(self))
 
     # ----- closing --------------------------------------------------------------------
     def closeEvent(self, event) -> None:
+        if self.session is None:  # closed before the deferred build
+            super().closeEvent(event)
+            return
         if not self.jobs.may_close():
             event.ignore()
             return
@@ -298,17 +278,3 @@ class MainWindow(QMainWindow):
         with contextlib.suppress(RuntimeError):
             self.controller.shutdown()
         super().closeEvent(event)
-
-
-def _with_runs_dir(recipe: Recipe) -> Recipe:
-    """A relative output folder (the default recipe's) goes under the studio's runs folder."""
-    from dataclasses import replace
-
-    out = Path(recipe.output.dir).expanduser()
-    if out.is_absolute():
-        return recipe
-    return replace(recipe, output=replace(recipe.output, dir=str(DEFAULT_RUNS_DIR / out.name)))
-
-
-def default_output_dir() -> str:
-    return os.fspath(DEFAULT_RUNS_DIR / "smollm2-sample")

@@ -8,12 +8,15 @@ or by setting ``QLORA_STUDIO_SETTINGS_DIR``, so they never touch the user's own 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from PySide6.QtCore import QSettings
 
 from studio import APP_NAME
 
 ORGANIZATION = "QLoRA Studio"
+# Where the window puts a run whose recipe names a relative output folder (the default's).
+DEFAULT_RUNS_DIR = Path.home() / "qlora-studio" / "runs"
 
 
 def open_settings() -> QSettings:
@@ -53,3 +56,21 @@ def remember_recipe(recipe) -> None:
     settings = open_settings()
     settings.setValue("recipe", recipe_to_toml(recipe))
     settings.sync()
+
+
+def default_recipe():
+    """The recipe a new window starts with: the shipped one (`Recipe()`'s defaults)."""
+    from studio.core.recipe import Recipe
+
+    return Recipe()
+
+
+def with_runs_dir(recipe):
+    """``recipe`` with a relative output folder placed under `DEFAULT_RUNS_DIR` (a desktop
+    launcher's working directory is no place for runs)."""
+    from dataclasses import replace
+
+    out = Path(recipe.output.dir).expanduser()
+    if out.is_absolute():
+        return recipe
+    return replace(recipe, output=replace(recipe.output, dir=str(DEFAULT_RUNS_DIR / out.name)))

@@ -52,6 +52,8 @@ def make_window(qtbot):
 
     yield make
     for window in windows:
+        if window.session is None:
+            continue
         window.controller.shutdown()
         window.chat.shutdown()
     from studio.ui.background import wait_for_background

@@ -63,12 +63,14 @@ def test_reference_lines_set_after_build_show_their_values(qtbot):
     assert plot.lines["capacity"].label.toPlainText() == "capacity 8.00 GiB"
 
 
-def test_window_with_deferred_plots_builds_and_shows_them_once_shown(make_window, qtbot):
-    window = make_window(defer_plots=True)
-    assert not window.loss_plot.built
+def test_a_deferred_window_paints_first_then_builds_its_panels_and_plots(make_window, qtbot):
+    window = make_window(defer_build=True, show=False)
+    assert window.session is None, "nothing but the frame before the first paint"
     window.show()
+    qtbot.waitUntil(lambda: window.session is not None, timeout=30_000)
     qtbot.waitUntil(lambda: window.loss_plot.built and window.vram_plot.built, timeout=30_000)
     assert window.loss_plot.plot_widget.isVisible()
+    assert window.findChild(object, "startButton").isVisible()
 
 
 def test_window_built_for_scripts_has_its_plots_at_once(make_window):

@@ -11,8 +11,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import choose, set_spin, type_into, wait_for_shape
+from conftest import choose, fill_file_dialog, set_spin, type_into, wait_for_shape
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel
 
 from studio.core.memory import estimate
@@ -35,6 +36,12 @@ def fake_gpu(monkeypatch, cc, total_mib=11264):
             ]
         ),
     )
+
+
+def menu(window, action: str, path: str) -> None:
+    """Choose a File menu item and type ``path`` into the file dialog it opens."""
+    fill_file_dialog(path)
+    window.findChild(QAction, action).trigger()
 
 
 def dtype_item(window, key):
@@ -141,7 +148,7 @@ def test_bf16_disabled_below_compute_capability_8(make_window, monkeypatch, tmp_
     path = save_recipe(
         Recipe().with_changes(quantization={"compute_dtype": "bfloat16"}), tmp_path / "r.toml"
     )
-    assert window.open_recipe(str(path))
+    menu(window, "openRecipeAction", str(path))
     assert combo.currentData() == "auto"
     assert window.session.recipe.quantization.compute_dtype == "auto"
     assert "bfloat16" in window.quant.dtype_note.text() and window.quant.dtype_note.isVisibleTo(
@@ -244,7 +251,8 @@ def test_recipe_round_trip_and_settings_remembered(make_window, tmp_path, qtbot)
     window = make_window()
     set_spin(qtbot, window, "loraRankSpin", 8)
     choose(qtbot, window, "quantTypeCombo", "fp4")
-    path = window.save_recipe_as(str(tmp_path / "r.toml"))
+    path = tmp_path / "r.toml"
+    menu(window, "saveRecipeAction", str(path))
     assert path.exists()
     window.save_settings()
     again = make_window(restore=True)
@@ -253,7 +261,7 @@ def test_recipe_round_trip_and_settings_remembered(make_window, tmp_path, qtbot)
     assert again.findChild(object, "loraRankSpin").value() == 8
     third = make_window()
     assert third.session.recipe.lora.r == 16
-    assert third.open_recipe(str(path))
+    menu(third, "openRecipeAction", str(path))
     assert third.findChild(object, "loraRankSpin").value() == 8
 
 

@@ -165,12 +165,22 @@ def run(args: argparse.Namespace) -> int:
 
     progress = _Progress()
     try:
-        resolved = resolve_model(recipe.model.source, progress=progress)
+        resolved = resolve_model(
+            recipe.model.source,
+            progress=progress,
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
         progress.done()
         shape = read_shape(resolved, trust_remote_code=recipe.model.trust_remote_code)
     except ModelSourceError as exc:
         progress.done()
         return _fail(f"model.source: {exc}")
+    from studio.core.engine.validation import check_recipe_against_shape
+
+    try:
+        check_recipe_against_shape(recipe, shape)  # e.g. target_modules the model lacks
+    except RecipeError as exc:
+        return _fail(str(exc))
     try:
         est = estimate(shape, recipe, device)
     except QuantError as exc:

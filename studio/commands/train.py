@@ -132,13 +132,14 @@ def run(args: argparse.Namespace) -> int:
     for note in recipe.notes():
         _err(f"note: {note}")
     from studio.core.engine import EngineRunner
-    from studio.core.engine.errors import CheckpointError, OutputExistsError
-    from studio.core.engine.output import check_start, inspect_output
+    from studio.core.engine.errors import CheckpointError, OutputExistsError, OutputLockedError
+    from studio.core.engine.preflight import preflight
     from studio.core.events import TERMINAL_EVENTS
+    from studio.core.models import ModelSourceError
 
     try:
-        check_start(inspect_output(recipe.output.dir), resume=args.resume, overwrite=args.overwrite)
-    except (OutputExistsError, CheckpointError) as exc:
+        preflight(recipe, resume=args.resume, overwrite=args.overwrite)
+    except (OutputExistsError, CheckpointError, OutputLockedError, ModelSourceError) as exc:
         _err(f"error: {exc}")
         return ExitCode.BAD_INPUT
     runner = EngineRunner(recipe, resume=args.resume, overwrite=args.overwrite)
@@ -171,10 +172,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
         display.close()
-    return _report(terminal, args)
+    return _report(terminal, args, recipe.output.dir)
 
 
-def _report(terminal, args) -> int:
+def _report(terminal, args, output_dir=None) -> int:
     from studio.core import events as ev
     from studio.core.engine.errors import is_bad_input
     from studio.core.units import format_bytes
@@ -201,9 +202,13 @@ def _report(terminal, args) -> int:
     if is_bad_input(terminal):
         _err(f"error: {terminal.message}")
         return ExitCode.BAD_INPUT
-    if terminal.details and terminal.error_type != "OutOfMemoryError":
-        _err(terminal.details.rstrip())
-    _err(
-        f"error: the job failed while {terminal.phase} ({terminal.error_type}):\n{terminal.message}"
-    )
+    message = terminal.message
+    if terminal.details and output_dir is not None:
+        # The traceback goes to the run's log file, never to the terminal; the engine has
+        # written it there already when its message names the file.
+        from studio.core.engine.runlog import LOG_REFERENCE, log_failure, with_log_reference
+
+        if LOG_REFERENCE not in message:
+            message = with_log_reference(message, log_failure(output_dir, terminal))
+    _err(f"error: the job failed while {terminal.phase} ({terminal.error_type}):\n{message}")
     return ExitCode.FAILED

@@ -139,11 +139,15 @@ def load_chat_model(
 def _base_model_path(info: BundleInfo, models, say) -> Path:
     """The base model folder: the recipe's source resolved again, else the folder recorded in
     the manifest when the bundle was made."""
+    trust = info.recipe.model.trust_remote_code
     try:
-        return models.resolve_model(info.recipe.model.source, progress=None).path
+        return models.resolve_model(
+            info.recipe.model.source, progress=None, trust_remote_code=trust
+        ).path
     except models.ModelSourceError:
         recorded = info.base_model_path
         if recorded and Path(recorded, "config.json").is_file():
+            models.check_model_folder(recorded, trust)  # the same checks as any source
             say(f"using the recorded base model folder {recorded}")
             return Path(recorded)
         raise

@@ -18,7 +18,11 @@ from engine_helpers import collect, losses_by_step, tiny_recipe  # noqa: E402
 
 from studio.core.bundle import read_bundle  # noqa: E402
 from studio.core.engine import EngineRunner  # noqa: E402
-from studio.core.engine.checkpoints import checkpoints_dir, list_checkpoints  # noqa: E402
+from studio.core.engine.checkpoints import (  # noqa: E402
+    checkpoints_dir,
+    list_checkpoints,
+    write_manifest,
+)
 from studio.core.events import (  # noqa: E402
     CheckpointSaved,
     EvalLogged,
@@ -259,6 +263,7 @@ def test_existing_output_and_stale_checkpoints_are_refused(tiny_models, tmp_path
     stale = checkpoints_dir(out) / "checkpoint-3"
     stale.mkdir(parents=True)
     (stale / "trainer_state.json").write_text("{}")
+    write_manifest(stale)  # complete: the engine writes this last into every checkpoint
     runner = EngineRunner(recipe)
     runner.start()
     failed = collect(runner)[-1]

@@ -8,7 +8,16 @@ import threading
 import time
 import zlib
 
-from studio.core.engine.checkpoints import checkpoints_dir, last_checkpoint, list_checkpoints
+import pytest
+
+from studio.core.engine.checkpoints import (
+    CHECKPOINT_MANIFEST,
+    checkpoints_dir,
+    last_checkpoint,
+    list_checkpoints,
+    scan_checkpoints,
+    write_manifest,
+)
 from studio.core.engine.control import ControlChannel
 from studio.core.engine.errors import (
     CheckpointError,
@@ -95,12 +104,37 @@ def test_only_complete_checkpoints_count(tmp_path):
     for step, complete in ((4, True), (8, True), (12, False)):
         path = folder / f"checkpoint-{step}"
         path.mkdir(parents=True)
+        (path / "adapter_model.safetensors").write_bytes(b"weights" * 100)
+        (path / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
         if complete:
-            (path / "trainer_state.json").write_text("{}")
+            write_manifest(path)  # what the engine's on_save callback writes, last
     (folder / "metrics.jsonl").write_text("")
     assert [s for s, _ in list_checkpoints(folder)] == [4, 8]
     assert last_checkpoint(folder).name == "checkpoint-8"  # a save cut short is skipped
     assert last_checkpoint(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:10]), "is 10 bytes, but 700 were saved"),
+        (lambda p: p.write_bytes(b"x" * 700), "has changed since it was saved"),
+        (lambda p: p.unlink(), "is missing"),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_with_the_reason(tmp_path, damage, why):
+    folder = tmp_path / "run.checkpoints"
+    for step in (2, 4):
+        path = folder / f"checkpoint-{step}"
+        path.mkdir(parents=True)
+        (path / "adapter_model.safetensors").write_bytes(b"weights" * 100)
+        write_manifest(path)
+    damage(folder / "checkpoint-4" / "adapter_model.safetensors")
+    assert [s for s, _ in list_checkpoints(folder)] == [2]
+    reason = dict((s, w) for s, _, w in scan_checkpoints(folder))[4]
+    assert reason.startswith("adapter_model.safetensors") and why in reason
+    (folder / "checkpoint-2" / CHECKPOINT_MANIFEST).write_text("{not json")
+    assert list_checkpoints(folder) == []
 
 
 def test_control_channel_pause_hold_and_stop():

@@ -8,7 +8,10 @@ Anything else says what failed and where, with the traceback in ``details``.
 
 from __future__ import annotations
 
+import errno
+import os
 import traceback
+from pathlib import Path
 
 from studio.core.events import Failed
 from studio.core.phases import phase_doing
@@ -23,6 +26,7 @@ BAD_INPUT_ERRORS = frozenset(
         "FakeGpuError",
         "OutputExistsError",
         "CheckpointError",
+        "OutputLockedError",
     }
 )
 
@@ -50,6 +54,108 @@ class OutputExistsError(FileExistsError):
 
 class CheckpointError(ValueError):
     """Checkpoints block a fresh start, or a resume has none that matches the recipe."""
+
+
+class OutputLockedError(ValueError):
+    """Another live run holds the output folder's lock (see `studio.core.engine.lock`)."""
+
+
+# The causes of a failed write that a person can act on, by errno.
+_DISK_CAUSES = {
+    errno.ENOSPC: ("ENOSPC", "the disk is full"),
+    errno.EDQUOT: ("EDQUOT", "the disk quota is used up"),
+    errno.EROFS: ("EROFS", "the file system is read-only"),
+    errno.EACCES: ("EACCES", "permission denied"),
+    errno.EPERM: ("EPERM", "permission denied"),
+}
+# How libraries that hide the errno word the same causes (torch's zip writer says only
+# "unexpected pos"; safetensors' Rust writer says "StorageFull"/"os error 28").
+_DISK_TEXT = (
+    ("no space left", errno.ENOSPC),
+    ("storagefull", errno.ENOSPC),
+    ("os error 28", errno.ENOSPC),
+    ("disk quota exceeded", errno.EDQUOT),
+    ("read-only file system", errno.EROFS),
+    ("readonlyfilesystem", errno.EROFS),
+    ("os error 30", errno.EROFS),
+    ("permission denied", errno.EACCES),
+    ("permissiondenied", errno.EACCES),
+)
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _looks_like_write_failure(exc: BaseException) -> bool:
+    text = str(exc)
+    return "inline_container" in text and (
+        "unexpected pos" in text or "write" in text.lower() or "PytorchStreamWriter" in text
+    )
+
+
+def _folder_cause(folder: Path) -> int | None:
+    """Why writing into ``folder`` fails now, by looking at it: full, read-only or denied."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        stats = os.statvfs(probe)
+    except OSError:
+        return None
+    if stats.f_flag & getattr(os, "ST_RDONLY", 1):
+        return errno.EROFS
+    if stats.f_bavail * stats.f_frsize < 1 << 20:  # under 1 MiB left
+        return errno.ENOSPC
+    if not os.access(probe, os.W_OK):
+        return errno.EACCES
+    return None
+
+
+def disk_cause(exc: BaseException, folders=()) -> tuple[int, str | None] | None:
+    """(errno, file name or None) when ``exc`` is a write failing because the disk is full,
+    read-only or not writable; None otherwise.
+
+    Walks the exception's cause chain; an OSError's errno decides, else the wording of the
+    libraries that hide it; torch's ``inline_container`` "unexpected pos" (which says nothing
+    about why) is matched to a cause by looking at ``folders``.
+    """
+    for item in _chain(exc):
+        if isinstance(item, OSError) and item.errno in _DISK_CAUSES:
+            return item.errno, item.filename
+    for item in _chain(exc):
+        spaced = str(item).lower()
+        squashed = spaced.replace(" ", "")
+        for needle, code in _DISK_TEXT:
+            if needle in spaced or needle.replace(" ", "") in squashed:
+                return code, None
+    if any(_looks_like_write_failure(item) for item in _chain(exc)):
+        for folder in folders:
+            code = _folder_cause(Path(folder))
+            if code is not None:
+                return code, str(folder)
+        return errno.ENOSPC, None  # torch's writer failing mid-file: almost always space
+    return None
+
+
+def disk_message(code: int, filename: str | None, phase: str, folder, kept: str | None) -> str:
+    """The message for a write that failed for ``code`` (an errno) in ``phase``."""
+    name, cause = _DISK_CAUSES.get(code, (errno.errorcode.get(code, str(code)), "it failed"))
+    where = Path(filename).parent if filename else Path(folder)
+    lines = [f"Writing to {where} failed while {phase_doing(phase)}: {cause} ({name})."]
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        lines.append("Free some space on that disk, or set [output] dir to a disk with room.")
+    elif code == errno.EROFS:
+        lines.append("Set [output] dir to a folder on a writable disk.")
+    else:
+        lines.append("Make that folder writable for you, or set [output] dir to one that is.")
+    if kept:
+        lines.append(f"The checkpoint {kept} is kept: run again with --resume to continue from it.")
+    return " ".join(lines)
 
 
 def is_bad_input(failed: Failed) -> bool:
@@ -108,14 +214,27 @@ def _gib(value: int | None) -> str:
     return f"{value / 2**30:.2f} GiB"
 
 
-def failure_from_exception(exc: BaseException, phase: str, *, estimate=None) -> Failed:
-    """The `Failed` event for ``exc`` raised in ``phase``; ``estimate`` feeds the OOM advice."""
+def failure_from_exception(
+    exc: BaseException, phase: str, *, estimate=None, folders=(), kept: str | None = None
+) -> Failed:
+    """The `Failed` event for ``exc`` raised in ``phase``; ``estimate`` feeds the OOM advice.
+
+    ``folders`` are where the job writes (output and checkpoints), to tell why a write failed
+    when the library does not say; ``kept`` is the newest intact checkpoint, named in the
+    message of a failure that leaves it usable.
+    """
     details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     error_type = type(exc).__name__
     if is_out_of_memory(exc):
         return Failed(phase, "OutOfMemoryError", oom_message(phase, estimate), details)
     if error_type in BAD_INPUT_ERRORS:
         return Failed(phase, error_type, str(exc), details)
+    cause = disk_cause(exc, folders)
+    if cause is not None:
+        code, filename = cause
+        folder = next(iter(folders), "") if folders else ""
+        message = disk_message(code, filename, phase, folder, kept)
+        return Failed(phase, "DiskWriteError", message, details)
     if isinstance(exc, MemoryError):
         message = (
             f"The computer ran out of main memory while {phase_doing(phase)}. "
@@ -132,6 +251,6 @@ def failure_from_exception(exc: BaseException, phase: str, *, estimate=None) -> 
     text = str(exc).strip() or error_type
     message = (
         f"The job failed while {phase_doing(phase)}: {error_type}: {text}. "
-        "The traceback below says where; check the recipe values for this phase."
+        "Check the recipe values for this phase; the log file named below has the traceback."
     )
     return Failed(phase, error_type, message, details)

@@ -38,9 +38,16 @@ from studio.core.engine.checkpoints import (
     checkpoint_step,
     checkpoints_dir,
     last_checkpoint,
+    manifest_callback,
+    scan_checkpoints,
 )
-from studio.core.engine.errors import OutputExistsError, failure_from_exception
+from studio.core.engine.errors import (
+    OutputExistsError,
+    failure_from_exception,
+    is_bad_input,
+)
 from studio.core.engine.output import check_start, inspect_output
+from studio.core.engine.runlog import log_failure, with_log_reference
 from studio.core.events import (
     EvalLogged,
     Failed,
@@ -216,9 +223,16 @@ class Job:
 
     # -------------------------------------------------------------------------------- run
     def run(self):
-        """Run every phase; returns the terminal event after emitting it."""
+        """Run every phase; returns the terminal event after emitting it.
+
+        The output folder's lock (`studio.core.engine.lock`) is held from the first check to
+        the terminal event, and released on every way out of here.
+        """
+        lock = None
         try:
             self._capture_library_output()
+            self._phase(Phase.CHECKING, f"checking {self.output_dir}")
+            lock = self._take_lock()
             self._check_output()
             result = self._run_phases()
         except _StopBeforeTraining:
@@ -226,13 +240,55 @@ class Job:
             step = checkpoint_step(checkpoint) if checkpoint else 0
             result = Stopped(step=step, checkpoint=str(checkpoint) if checkpoint else None)
         except BaseException as exc:  # every failure becomes an event, whatever it is
-            result = failure_from_exception(exc, self.phase, estimate=self.estimate)
+            result = self._failure(exc)
+        finally:
+            if lock is not None:
+                lock.release()
         self.emit(result)
         return result
 
+    def _failure(self, exc: BaseException) -> Failed:
+        """The Failed event for ``exc``; its traceback goes to the run's log file, which the
+        message names (a front end shows the message, never the traceback)."""
+        try:
+            kept = last_checkpoint(self.ckpt_dir)
+        except Exception:
+            kept = None
+        failed = failure_from_exception(
+            exc,
+            self.phase,
+            estimate=self.estimate,
+            folders=(self.ckpt_dir, self.output_dir.parent),
+            kept=str(kept) if kept else None,
+        )
+        try:
+            path = log_failure(self.output_dir, failed)
+        except Exception:
+            path = None
+        if not is_bad_input(failed):
+            failed = replace(failed, message=with_log_reference(failed.message, path))
+        return failed
+
+    def _take_lock(self):
+        """Hold the output folder's lock; refuse (OutputLockedError) while another run has it."""
+        from studio.core.atomic import clean_stale_siblings
+        from studio.core.engine.lock import acquire, describe_holder
+
+        lock = acquire(self.output_dir, command=f"qlora-studio engine for {self.output_dir}")
+        if lock.took_over:
+            self._log(
+                f"Took over the lock {lock.path} from {describe_holder(lock.took_over)}, "
+                "which ended without releasing it.",
+                "warning",
+            )
+        # Folders left half-written by a run that was killed while it saved (we hold the lock,
+        # so no other run of this output is writing them).
+        for stale in clean_stale_siblings(self.output_dir, legacy=True):
+            self._log(f"Removed {stale}, left behind by a run killed while it saved.")
+        return lock
+
     def _check_output(self) -> None:
         """Refuse to start when the bundle or an earlier run's checkpoints would be lost."""
-        self._phase(Phase.CHECKING, f"checking {self.output_dir}")
         check_start(inspect_output(self.output_dir), resume=self.resume, overwrite=self.overwrite)
         if not self.resume and self.ckpt_dir.exists():
             shutil.rmtree(self.ckpt_dir)
@@ -251,11 +307,18 @@ class Job:
             recipe, quantization=replace(recipe.quantization, compute_dtype=compute_dtype)
         )
         self.recipe = recipe
-        resolved = models.resolve_model(recipe.model.source, progress=self._model_progress)
+        resolved = models.resolve_model(
+            recipe.model.source,
+            progress=self._model_progress,
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
         self.phase = Phase.RESOLVING
-        shape = None
+        # A model the libraries cannot build, or LoRA targets it does not have, is bad input.
+        shape = models.read_shape(resolved, trust_remote_code=recipe.model.trust_remote_code)
+        from studio.core.engine.validation import check_recipe_against_shape
+
+        check_recipe_against_shape(recipe, shape)
         try:
-            shape = models.read_shape(resolved, trust_remote_code=recipe.model.trust_remote_code)
             self.estimate = memory.estimate(shape, recipe, device)
         except Exception as exc:  # the estimate informs; it must not block training
             self._log(f"No memory estimate for this model: {exc}", "warning")
@@ -363,7 +426,12 @@ class Job:
         self._phase(Phase.TRAINING, "starting")
         trainer, callback = self._build_trainer(model, tokenizer, prepared, device)
         resume_from = self._resume_checkpoint()
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if resume_from is not None and self._already_trained(trainer, resume_from):
+            # The checkpoint holds the last step (the run was killed while it wrote the
+            # bundle): the Trainer would train one step too many, so load it and save.
+            self._load_final_checkpoint(model, trainer, resume_from)
+        else:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         step = trainer.state.global_step
         if callback.stop_requested and step < trainer.state.max_steps:
             checkpoint = last_checkpoint(self.ckpt_dir)
@@ -380,12 +448,61 @@ class Job:
         self.emit(PhaseChanged(phase, what, fraction))
 
     # --------------------------------------------------------------------------- training
+    def _pick_checkpoint(self) -> Path | None:
+        """The newest intact checkpoint; damaged ones newer than it are said and removed."""
+        found = scan_checkpoints(self.ckpt_dir)
+        intact = [path for _, path, why in found if why is None]
+        chosen = intact[-1] if intact else None
+        chosen_step = checkpoint_step(chosen) if chosen else -1
+        for step, path, why in found:
+            if why is None or step < chosen_step:
+                continue
+            instead = (
+                f"resuming from {chosen.name} (step {chosen_step}), the newest intact one"
+                if chosen
+                else "no intact checkpoint is left, so training starts from step 0"
+            )
+            self._log(f"{path} is damaged ({why}); {instead}. Removing it.", "warning")
+            shutil.rmtree(path, ignore_errors=True)
+        return chosen
+
+    def _already_trained(self, trainer, checkpoint: Path) -> bool:
+        """True when ``checkpoint`` is at (or past) the step the Trainer would train to."""
+        try:
+            max_steps = trainer.set_initial_training_values(
+                trainer.args, trainer.get_train_dataloader()
+            )[-1]
+        except Exception:  # an API change: let the Trainer decide
+            return False
+        return max_steps > 0 and checkpoint_step(checkpoint) >= max_steps
+
+    def _load_final_checkpoint(self, model, trainer, checkpoint: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers import TrainerState
+
+        weights = load_file(str(checkpoint / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(model, weights)
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise RuntimeError(
+                f"{checkpoint} holds adapter weights this model does not have: "
+                f"{', '.join(unexpected[:5])}"
+            )
+        trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        self._log(
+            f"{checkpoint.name} already holds the last step ({trainer.state.global_step}); "
+            "writing the bundle from it without training further."
+        )
+
     def _resume_checkpoint(self) -> Path | None:
         """The checkpoint to resume from, with the run's metrics trimmed to it and replayed."""
         metrics_file = self.ckpt_dir / RUN_METRICS
-        checkpoint = last_checkpoint(self.ckpt_dir) if self.resume else None
+        checkpoint = self._pick_checkpoint() if self.resume else None
         if self.resume and checkpoint is None:
-            self._log(f"No checkpoint found in {self.ckpt_dir}; starting from step 0.", "warning")
+            self._log(
+                f"No intact checkpoint found in {self.ckpt_dir}; starting from step 0.", "warning"
+            )
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         recipe_file = self.ckpt_dir / RUN_RECIPE
         text = recipe_to_toml(self.recipe)
@@ -456,7 +573,7 @@ class Job:
             eval_dataset=validation,
             data_collator=collator,
             processing_class=tokenizer,
-            callbacks=[callback],
+            callbacks=[manifest_callback(), callback],
         )
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)

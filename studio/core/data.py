@@ -26,6 +26,13 @@ Truncation. Token sequences longer than ``max_length`` are cut at the end and co
 `TokenStats.truncated`. An example whose trained tokens are all cut away would teach nothing
 (and could make a batch's loss undefined), so it is an error naming the record, not a silent
 drop: raise ``max_length`` or shorten the prompt.
+
+Bounded memory. Text that can never fit in ``max_length`` tokens is cut before the template
+and the tokenizer see it: every string field of a record, and then the rendered text, is cut
+to ``max_length * MAX_CHARS_PER_TOKEN`` characters (`char_cap`). No tokenizer averages more
+characters per token than that over a whole example, so the tokens kept are the same; but a
+single 50 MB line no longer makes the tokenizer hold offsets for millions of tokens. Such an
+example counts as truncated.
 """
 
 from __future__ import annotations
@@ -69,6 +76,42 @@ __all__ = [
 ]
 
 BUILTIN_DATASETS = {BUILTIN_DATASET: "sample/sample.jsonl"}
+# A generous bound on characters per token, averaged over max_length tokens (real tokenizers
+# average 3-5 characters per token on prose, at most ~10-15 on long runs of spaces or symbols).
+MAX_CHARS_PER_TOKEN = 32
+
+
+def char_cap(max_length: int) -> int:
+    """The most characters of one field (and of one rendered example) that are tokenized."""
+    return max(4096, int(max_length) * MAX_CHARS_PER_TOKEN)
+
+
+def _cap_value(value, cap: int):
+    if isinstance(value, str):
+        return (value[:cap], True) if len(value) > cap else (value, False)
+    if isinstance(value, list):
+        out, cut = [], False
+        for item in value:
+            item, was = _cap_value(item, cap)
+            out.append(item)
+            cut = cut or was
+        return (out, True) if cut else (value, False)
+    if isinstance(value, dict):
+        out, cut = {}, False
+        for key, item in value.items():
+            item, was = _cap_value(item, cap)
+            out[key] = item
+            cut = cut or was
+        return (out, True) if cut else (value, False)
+    return value, False
+
+
+def _cap_rendered(rendered: _Rendered, cap: int) -> _Rendered:
+    if len(rendered.text) <= cap:
+        return rendered
+    spans = tuple((start, min(end, cap)) for start, end in rendered.spans if start < cap)
+    return _Rendered(rendered.text[:cap], spans, rendered.add_special_tokens)
+
 
 FALLBACK_CHAT_TEMPLATE = (
     "{% if bos_token is defined and bos_token and bos_token != eos_token %}{{ bos_token }}"
@@ -403,13 +446,17 @@ def _tokenize_all(raw: RawRecords, fmt: str, tokenizer, section) -> tuple[dict, 
     lengths: list[int] = []
     emptied: list[int] = []
     max_length = section.max_length
+    cap = char_cap(max_length)
     for index, record in enumerate(raw.iter_records()):
+        record, capped = _cap_value(record, cap)
         try:
             rendered = _render(record, fmt, tokenizer, section.train_on_prompt)
         except _SpanError as exc:
             raise raw.error(index, str(exc)) from exc
-        ids, labels = _tokenize(rendered, tokenizer)
-        lengths.append(len(ids))
+        capped = capped or len(rendered.text) > cap
+        ids, labels = _tokenize(_cap_rendered(rendered, cap), tokenizer)
+        # An example cut before tokenizing is longer than max_length whatever it counts now.
+        lengths.append(max(len(ids), max_length + 1) if capped else len(ids))
         ids, labels = ids[:max_length], labels[:max_length]
         if all(label == -100 for label in labels):
             emptied.append(index)
@@ -475,6 +522,7 @@ def preview_dataset(section: DatasetSection, tokenizer, *, count: int = 3) -> Da
     for index, record in enumerate(raw.iter_records()):
         if index >= count:
             break
+        record, _ = _cap_value(record, char_cap(section.max_length))
         try:
             rendered = _render(record, fmt, tokenizer, section.train_on_prompt)
         except _SpanError as exc:

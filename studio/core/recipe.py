@@ -547,6 +547,130 @@ class OutputSection(_Section):
         return {} if self.dir.strip() else {"dir": "is empty; give a folder for the bundle"}
 
 
+DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class DistributedSection(_Section):
+    """Several processes (GPUs) and machines, through accelerate (docs/cluster.md).
+
+    ``num_processes`` is the total over all machines, as ``accelerate launch`` counts it; more
+    than 1 runs the same engine under ``accelerate launch`` (torchrun underneath).
+    """
+
+    num_processes: int = _field(
+        1,
+        "Processes (GPUs)",
+        "Training processes in all, one per GPU (over all machines): 1 trains in one process; "
+        "more runs the same recipe under accelerate launch. The global batch is batch size x "
+        "grad accumulation x this.",
+        minimum=1,
+        maximum=1024,
+    )
+    strategy: str = _field(
+        "ddp",
+        "Strategy",
+        "How the processes share the work when there is more than one.",
+        choices=DISTRIBUTED_STRATEGIES,
+        choice_labels={"ddp": "DDP (replicate)", "fsdp": "FSDP (shard)"},
+        choice_help={
+            "ddp": "DistributedDataParallel: every GPU holds the whole model and trains on its "
+            "own share of each batch. Fastest when the model fits on one GPU.",
+            "fsdp": "Fully Sharded Data Parallel: weights, LoRA weights, gradients and optimizer "
+            "state are split over the GPUs and one decoder layer is gathered at a time, so a "
+            "model too big for one GPU fits on several (FSDP-QLoRA).",
+        },
+    )
+    gpus: str = _field(
+        "all",
+        "GPUs",
+        "Which GPUs of this machine to use: all (the first N) or comma-separated indices such as "
+        "0,1 (one per process on this machine, numbered as qlora-studio gpus lists them).",
+    )
+    cpu_offload: bool = _field(
+        False,
+        "Offload to CPU (FSDP)",
+        "FSDP only: keep the sharded weights, gradients and optimizer state in CPU memory and "
+        "bring each layer to the GPU when it runs. Least GPU memory; slower steps.",
+    )
+    num_machines: int = _field(
+        1,
+        "Machines",
+        "Machines taking part; each runs the same recipe with its own machine rank.",
+        minimum=1,
+        maximum=1024,
+    )
+    machine_rank: int = _field(
+        0,
+        "Machine rank",
+        "This machine's number among the machines, 0 for the main one (several machines only).",
+        minimum=0,
+        maximum=1023,
+    )
+    main_process_ip: str = _field(
+        "",
+        "Main machine address",
+        "The address of machine 0 that the other machines connect to (several machines only; "
+        "empty on one machine).",
+    )
+    main_process_port: int = _field(
+        29500,
+        "Main machine port",
+        "The TCP port on machine 0 for the processes' rendezvous; must be free there.",
+        minimum=1,
+        maximum=65535,
+    )
+
+    @property
+    def launched(self) -> bool:
+        """True when the run goes through accelerate launch (more than one process)."""
+        return self.num_processes > 1 or self.num_machines > 1
+
+    @property
+    def processes_per_machine(self) -> int:
+        return max(self.num_processes // self.num_machines, 1)
+
+    def gpu_indices(self) -> tuple[int, ...] | None:
+        """The GPU indices ``gpus`` names, or None for ``all``."""
+        if self.gpus.strip() == "all":
+            return None
+        return tuple(int(part) for part in self.gpus.split(","))
+
+    def _rules(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        gpus = self.gpus.strip()
+        if gpus != "all":
+            parts = [p.strip() for p in gpus.split(",")]
+            if not parts or not all(p.isdigit() for p in parts):
+                found["gpus"] = f"{self.gpus!r} is not allowed; use 'all' or indices such as '0,1'"
+            elif len(set(parts)) != len(parts):
+                found["gpus"] = f"{self.gpus!r} names a GPU twice"
+            elif len(parts) != self.processes_per_machine:
+                found["gpus"] = (
+                    f"{self.gpus!r} names {len(parts)} GPUs, but each machine runs "
+                    f"{self.processes_per_machine} processes; name one GPU per process"
+                )
+        return found
+
+    def topology_problems(self) -> dict[str, str]:
+        """How processes and machines fit together (checked when a run is launched; kept out of
+        `problems` so that each key's bounds hold whatever the other keys say)."""
+        found: dict[str, str] = {}
+        if self.num_processes % self.num_machines:
+            found["num_processes"] = (
+                f"{self.num_processes} processes do not split evenly over {self.num_machines} "
+                "machines; use a multiple of num_machines"
+            )
+        if self.machine_rank >= self.num_machines:
+            found["machine_rank"] = (
+                f"{self.machine_rank} is too large for {self.num_machines} machines; use 0 up to "
+                f"{self.num_machines - 1}"
+            )
+        if self.num_machines > 1 and not self.main_process_ip.strip():
+            found["main_process_ip"] = "is empty; several machines need the address of machine 0"
+        return found
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A whole run, one field per TOML section."""
@@ -557,6 +681,7 @@ class Recipe:
     dataset: DatasetSection = field(default_factory=DatasetSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     output: OutputSection = field(default_factory=OutputSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
 
     def validate(self, source: str | os.PathLike | None = None) -> Recipe:
         """Return self, or raise `RecipeError` for the first problem found."""
@@ -606,6 +731,18 @@ class Recipe:
             found.append(
                 f"training.eval_steps = {t.eval_steps} has no effect with "
                 "dataset.validation_split = 0; there is nothing held out to evaluate."
+            )
+        dist = self.distributed
+        if dist.cpu_offload and dist.strategy != "fsdp":
+            found.append(
+                "distributed.cpu_offload = true has no effect with distributed.strategy = "
+                f"{dist.strategy!r}; offloading applies to FSDP only."
+            )
+        if dist.strategy == "fsdp" and q.fp32_upcast and q.mode != "none":
+            found.append(
+                "quantization.fp32_upcast = true has no effect with distributed.strategy = "
+                "'fsdp'; FSDP-QLoRA keeps every weight in the compute dtype so that a layer's "
+                "weights can be sharded together."
             )
         return tuple(found)
 

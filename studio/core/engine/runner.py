@@ -100,9 +100,12 @@ class EngineRunner:
             raise RuntimeError("this EngineRunner was already started; make a new one")
         from studio.core.engine.job import run_job
 
+        target = run_job
+        if self.recipe.distributed.launched:  # several processes: accelerate launch (launch.py)
+            from studio.core.engine.launch import run_launcher as target
         receiver, sender = self._ctx.Pipe(duplex=False)
         self._process = self._ctx.Process(
-            target=run_job,
+            target=target,
             args=(
                 self.recipe,
                 self.resume_requested,

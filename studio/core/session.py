@@ -119,6 +119,7 @@ class Session:
     dataset: DatasetStatus = field(default_factory=DatasetStatus)
     estimate: Any = None  # a `MemoryEstimate`, or None with ``estimate_message`` saying why
     estimate_message: str = ""
+    recipe_problem: str = ""  # a recipe value the model cannot take (LoRA targets it lacks)
     job: JobState = JobState.IDLE
     run: RunStatus = field(default_factory=RunStatus)
     measured_peak: int | None = None  # of the finished run or the opened bundle
@@ -225,6 +226,8 @@ class Session:
             reasons.append("Reading the model…")
         elif model.state is LoadState.EMPTY:
             reasons.append("The model has not been read yet.")
+        if self.recipe_problem:
+            reasons.append(self.recipe_problem)
         if self.dataset.state is LoadState.FAILED:
             reasons.append(f"The dataset cannot be used: {self.dataset.message}")
         return tuple(reasons)
@@ -328,5 +331,19 @@ class Session:
                 estimate = estimate_memory(model.shape, self.recipe, self.device)
             except ValueError as exc:
                 message = f"No estimate: {exc}"
+        self.recipe_problem = self._check_against_model()
         self.estimate = estimate
         self.estimate_message = message
+
+    def _check_against_model(self) -> str:
+        """The recipe's model-dependent problem (the engine's own check), or ""."""
+        if self.model.state is not LoadState.READY:
+            return ""
+        from studio.core.engine.validation import check_recipe_against_shape
+        from studio.core.recipe import RecipeError
+
+        try:
+            check_recipe_against_shape(self.recipe, self.model.shape)
+        except RecipeError as exc:
+            return str(exc)
+        return ""

@@ -60,12 +60,17 @@ class JobFlow(QObject):
     def start(self) -> bool:
         """Start training the session's recipe, asking what to do with an earlier run's
         checkpoints or bundle; False when nothing was started."""
-        from studio.core.engine import check_start, inspect_output
+        from studio.core.engine import OutputLockedError, check_unlocked, inspect_output, preflight
 
         session = self.session
         if self.controller.is_active or session.start_blockers():
             return False
         recipe = session.recipe
+        try:
+            check_unlocked(recipe.output.dir)
+        except OutputLockedError as exc:
+            QMessageBox.warning(self.window, "The output folder is in use", str(exc))
+            return False
         state = inspect_output(recipe.output.dir)
         resume = overwrite = False
         if state.resumable:
@@ -98,8 +103,9 @@ class JobFlow(QObject):
             ):
                 return False
             overwrite = True
-        check_start(state, resume=resume, overwrite=overwrite)  # the answers satisfy the rule
         try:
+            # The answers satisfy the start rule; the lock may have been taken meanwhile.
+            preflight(recipe, resume=resume, overwrite=overwrite, check_model=False)
             self.controller.start(recipe, resume=resume, overwrite=overwrite)
         except Exception as exc:  # noqa: BLE001 - shown; the window stays usable
             QMessageBox.warning(self.window, "Could not start", f"{type(exc).__name__}: {exc}")

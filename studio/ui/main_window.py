@@ -90,6 +90,7 @@ class MainWindow(QMainWindow):
         from studio.ui.plots import LossPlot, LrPlot, VramPlot
         from studio.ui.quant_panel import QuantPanel
         from studio.ui.readers import SessionReaders
+        from studio.ui.runs_view import RunsView
         from studio.ui.status import FailurePanel, RunBar
         from studio.ui.training_panel import TrainingPanel
 
@@ -124,6 +125,7 @@ class MainWindow(QMainWindow):
         self.jobs = JobFlow(self, session, self.controller)
         self.recipes = RecipeFlow(self, session)
         self.bundles = BundleFlow(self, session, on_opened=self._bundle_opened)
+        self.runs_view = RunsView(self)
         column = self._lay_out()
         self._build_menu()
         self.statusBar().showMessage("Ready.")
@@ -160,6 +162,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(plots, "Training")
         self.tabs.addTab(self.dataset.preview_widget, "Dataset preview")
         self.tabs.addTab(self.chat, "Chat")
+        self.tabs.addTab(self.runs_view, "Runs")
         self.tabs.addTab(self.log, "Log")
         right = QWidget()
         right_layout = QVBoxLayout(right)

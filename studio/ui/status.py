@@ -90,6 +90,7 @@ class RunBar(QWidget):
             session.events.model,
             session.events.dataset,
             session.events.device_error,
+            session.events.recipe_problem,
             session.events.bundle,
         ):
             connect_while_alive(self, signal, self._show_buttons)

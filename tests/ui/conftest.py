@@ -113,6 +113,20 @@ def answer(button_name: str, seen: list | None = None) -> None:
     QTimer.singleShot(0, attempt)
 
 
+def dismiss(seen: list) -> None:
+    """Record the text of the next message box (a warning) and close it with its button."""
+
+    def attempt() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, attempt)
+            return
+        seen.append(box.text())
+        box.buttons()[0].click()
+
+    QTimer.singleShot(0, attempt)
+
+
 def fill_file_dialog(path: str) -> None:
     """Type ``path`` into the next file dialog and accept it."""
 

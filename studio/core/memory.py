@@ -118,6 +118,10 @@ class MemoryEstimate:
     # The recipe changes the advice names ({"training": {"batch_size": 2}}), when it names one
     # that makes the run fit (or fit tightly); None otherwise.
     advice_changes: dict | None = None
+    # Processes the run is spread over; above 1 the terms and the total are one GPU's share
+    # (studio.core.scaling), ``strategy`` is "ddp" or "fsdp".
+    processes: int = 1
+    strategy: str = ""
 
     def largest_first(self) -> list[Term]:
         """The non-zero terms, largest first."""
@@ -147,6 +151,8 @@ class MemoryEstimate:
             "advice": self.advice,
             "advice_changes": self.advice_changes,
             "compute_dtype": self.compute_dtype,
+            "processes": self.processes,
+            "strategy": self.strategy,
         }
 
 
@@ -467,6 +473,10 @@ def estimate(shape: ModelShape, recipe: Recipe, device, *, _advise: bool = True)
                 "the engine process's Python, PyTorch and training libraries, before any model",
             )
         )
+    if recipe.distributed.num_processes > 1:  # one GPU's share (studio.core.scaling)
+        from studio.core.scaling import per_process_terms
+
+        terms = per_process_terms(terms, shape, recipe, dtype)
     # fixed CUDA costs
     if device.kind == "cuda":
         subtotal = sum(x.bytes for x in terms)
@@ -492,6 +502,10 @@ def estimate(shape: ModelShape, recipe: Recipe, device, *, _advise: bool = True)
 
     total = sum(x.bytes for x in terms)
     capacity = _capacity(device)
+    if recipe.distributed.num_processes > 1:
+        from studio.core.scaling import per_process_capacity
+
+        capacity = per_process_capacity(capacity, device, recipe)
     verdict = _verdict(total, capacity)
     est = MemoryEstimate(
         terms=tuple(terms),
@@ -503,6 +517,8 @@ def estimate(shape: ModelShape, recipe: Recipe, device, *, _advise: bool = True)
         verdict=verdict,
         advice=None,
         compute_dtype=dtype,
+        processes=recipe.distributed.num_processes,
+        strategy=recipe.distributed.strategy if recipe.distributed.num_processes > 1 else "",
     )
     if _advise and verdict != "fits" and capacity is not None:
         advice, changes = _advice(shape, recipe, device, est)

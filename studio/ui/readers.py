@@ -36,8 +36,7 @@ class SessionReaders(QObject):
         connect_while_alive(self, session.events.recipe, self._recipe_changed)
 
     def _recipe_changed(self, recipe, old) -> None:
-        if self.autoload and recipe.model.source != old.model.source:
-            self.read_model()
+        # A new model source resets the session's model status, which `_model_changed` reads.
         if recipe.dataset != old.dataset:
             self._preview_timer.start()
 

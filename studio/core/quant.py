@@ -136,7 +136,9 @@ def resolve_compute_dtype(requested: str, device: DeviceTarget) -> str:
     return requested
 
 
-def bnb_config_kwargs(quant: QuantizationSection, compute_dtype: str) -> dict | None:
+def bnb_config_kwargs(
+    quant: QuantizationSection, compute_dtype: str, *, quant_storage: str = "uint8"
+) -> dict | None:
     """Keyword arguments for `BitsAndBytesConfig`, every relevant field explicit.
 
     ``compute_dtype`` is a resolved dtype name (not ``auto``); it is given as a string so
@@ -157,7 +159,9 @@ def bnb_config_kwargs(quant: QuantizationSection, compute_dtype: str) -> dict | 
             "bnb_4bit_quant_type": quant.quant_type,
             "bnb_4bit_compute_dtype": compute_dtype,
             "bnb_4bit_use_double_quant": quant.double_quant,
-            "bnb_4bit_quant_storage": "uint8",
+            # FSDP-QLoRA stores the packed 4-bit weights in the compute dtype, so that a
+            # layer's tensors share one dtype and shard together (studio.core.engine.rank).
+            "bnb_4bit_quant_storage": quant_storage,
         }
     if quant.mode == "8bit":
         return {
@@ -171,9 +175,9 @@ def bnb_config_kwargs(quant: QuantizationSection, compute_dtype: str) -> dict | 
     )
 
 
-def make_bnb_config(quant: QuantizationSection, compute_dtype: str):
+def make_bnb_config(quant: QuantizationSection, compute_dtype: str, *, quant_storage="uint8"):
     """The `transformers.BitsAndBytesConfig` for ``quant`` (None for mode ``none``)."""
-    kwargs = bnb_config_kwargs(quant, compute_dtype)
+    kwargs = bnb_config_kwargs(quant, compute_dtype, quant_storage=quant_storage)
     if kwargs is None:
         return None
     import torch
@@ -181,6 +185,8 @@ def make_bnb_config(quant: QuantizationSection, compute_dtype: str):
 
     if "bnb_4bit_compute_dtype" in kwargs:
         kwargs["bnb_4bit_compute_dtype"] = getattr(torch, kwargs["bnb_4bit_compute_dtype"])
+    if "bnb_4bit_quant_storage" in kwargs:
+        kwargs["bnb_4bit_quant_storage"] = getattr(torch, kwargs["bnb_4bit_quant_storage"])
     return BitsAndBytesConfig(**kwargs)
 
 

@@ -59,7 +59,7 @@ def _adapter(bundle_dir):
     return load_file(str(Path(bundle_dir) / "adapter_model.safetensors"))
 
 
-def test_accelerate_command_for_ddp_and_fsdp(tiny_models, tmp_path):
+def test_accelerate_command_for_ddp_and_fsdp(tiny_models, tmp_path, capsys):
     recipe = _recipe(tmp_path, tiny_models["llama"], 2, 2)
     command = accelerate_command(recipe, "r.toml", resume=True, on_cpu=True)
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
@@ -75,6 +75,23 @@ def test_accelerate_command_for_ddp_and_fsdp(tiny_models, tmp_path):
     two_gpus = recipe.with_changes(distributed={"gpus": "2,3"})
     command = accelerate_command(two_gpus, "r.toml", on_cpu=False)
     assert command[command.index("--gpu_ids") + 1] == "2,3"
+    # The command docs/cluster.md shows, printed for a recipe file.
+    from studio.core.engine.launch import main
+    from studio.core.recipe import save_recipe
+
+    nodes = recipe.with_changes(
+        distributed={"num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1"}
+    )
+    save_recipe(nodes, tmp_path / "cluster.toml")
+    assert main([str(tmp_path / "cluster.toml"), "--cpu"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[:3] == ["python", "-m", "accelerate.commands.launch"]
+    assert printed[printed.index("--main_process_ip") + 1] == "10.0.0.1"
+    assert printed[printed.index("--num_machines") + 1] == "2"
+    bad = nodes.with_changes(distributed={"num_processes": 3})
+    save_recipe(bad, tmp_path / "bad.toml")
+    assert main([str(tmp_path / "bad.toml")]) == 2
+    assert "distributed.num_processes" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -195,3 +212,14 @@ def test_pause_kill_and_resume_with_one_then_two_processes(tiny_models, tmp_path
     logged = [m["step"] for m in info.metrics if m.get("type") == "StepLogged"]
     assert logged == list(range(1, 11))
     assert not checkpoints_dir(two.output.dir).exists()
+
+
+def test_fsdp_on_the_cpu_is_refused_at_once_with_what_fails(tiny_models, tmp_path):
+    """accelerate 1.15's FSDP plugin needs an accelerator; the run says so before launching."""
+    recipe = _recipe(tmp_path, tiny_models["llama"], 2, 2)
+    recipe = recipe.with_changes(distributed={"strategy": "fsdp"})
+    events = _run(recipe)
+    failed = events[-1]
+    assert isinstance(failed, Failed) and failed.error_type == "RecipeError", failed
+    assert "distributed.strategy" in failed.message and "use 'ddp'" in failed.message
+    assert "There are currently no available devices found" in failed.message

@@ -357,7 +357,7 @@ class Job:
             tokenizer.pad_token = tokenizer.eos_token
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(device.torch_device)
-        bnb_config = quant.make_bnb_config(recipe.quantization, compute_dtype)
+        bnb_config = self._bnb_config(recipe.quantization, compute_dtype)
         load_kwargs = {
             "dtype": quant.torch_dtype(compute_dtype),
             "device_map": {"": device.torch_device},
@@ -441,6 +441,12 @@ class Job:
         self._phase(Phase.SAVING, f"writing the bundle to {self.output_dir}")
         measured = measure_peak(device.torch_device)
         return self._save_bundle(model, tokenizer, step, measured)
+
+    def _bnb_config(self, quantization, compute_dtype: str):
+        """The BitsAndBytesConfig to load with (`rank.DistributedJob` changes the storage)."""
+        from studio.core import quant
+
+        return quant.make_bnb_config(quantization, compute_dtype)
 
     def _model_progress(self, what: str, fraction: float | None) -> None:
         phase = Phase.CONVERTING if "convert" in what else Phase.RESOLVING

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from studio.core.engine.rank import CHANNEL_ENV, CHANNEL_KEY_ENV
@@ -42,6 +43,13 @@ from studio.core.phases import Phase
 from studio.core.recipe import Recipe
 
 RANK_MODULE = "studio.core.engine.rank"
+# What accelerate 1.15 says when FSDP is asked for without an accelerator (its
+# FullyShardedDataParallelPlugin.__post_init__), measured on this project's CPU test machine.
+FSDP_ON_CPU = (
+    "'fsdp' needs GPUs: accelerate's FSDP plugin refuses to start on the CPU (\"There are "
+    "currently no available devices found, must be one of 'XPU', 'CUDA', ...\"); use 'ddp' to "
+    "train with several processes on the CPU"
+)
 LOG_TAIL_LINES = 40
 
 
@@ -111,7 +119,7 @@ def accelerate_arguments(recipe: Recipe, *, on_cpu: bool) -> list[str]:
             "--fsdp_state_dict_type",
             "SHARDED_STATE_DICT",
         ]
-    else:
+    elif d.num_processes > 1:
         args.append("--multi_gpu")
     if not on_cpu and d.gpu_indices() is not None:
         args += ["--gpu_ids", ",".join(str(i) for i in d.gpu_indices())]
@@ -142,6 +150,14 @@ def accelerate_command(
     if overwrite:
         command.append("--overwrite")
     return command
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -274,6 +290,10 @@ class _Launch:
         check_topology(self.recipe)
         self._resolve_model_once()
         on_cpu = runs_on_cpu(self.recipe)
+        if on_cpu and d.strategy == "fsdp":
+            from studio.core.recipe import RecipeError
+
+            raise RecipeError("distributed.strategy", FSDP_ON_CPU)
         workdir = Path(tempfile.mkdtemp(prefix="qlora-studio-launch-"))
         recipe_file = save_recipe(self.recipe, workdir / "recipe.toml")
         key = os.urandom(16)
@@ -284,8 +304,12 @@ class _Launch:
         env[CHANNEL_KEY_ENV] = key.hex()
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        launched = self.recipe
+        if d.num_machines == 1:  # the port matters between machines only: take a free one
+            free = replace(d, main_process_port=_free_port())
+            launched = replace(self.recipe, distributed=free)
         command = accelerate_command(
-            self.recipe, recipe_file, resume=self.resume, overwrite=self.overwrite, on_cpu=on_cpu
+            launched, recipe_file, resume=self.resume, overwrite=self.overwrite, on_cpu=on_cpu
         )
         log_path = launch_log_path(self.recipe.output.dir)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -373,3 +397,36 @@ def run_launcher(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1 if isinstance(result, Failed) else 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m studio.core.engine.launch RECIPE.toml [--resume]``: print the exact
+    ``accelerate launch`` command for the recipe (docs/cluster.md), for a cluster script."""
+    import argparse
+    import shlex
+
+    from studio.core.recipe import RecipeError, load_recipe
+
+    parser = argparse.ArgumentParser(prog="python -m studio.core.engine.launch")
+    parser.add_argument("recipe")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="the command for CPU processes")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe)
+        command = accelerate_command(
+            recipe,
+            Path(args.recipe).resolve(),
+            resume=args.resume,
+            on_cpu=True if args.cpu else None,
+            python="python",
+        )
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(shlex.join(command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -198,6 +198,18 @@ class DistributedJob(Job):
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def fsdp(self) -> bool:
+        return self.recipe.distributed.strategy == "fsdp"
+
+    def _bnb_config(self, quantization, compute_dtype: str):
+        # FSDP-QLoRA: the packed 4-bit weights stored in the compute dtype, so that a decoder
+        # layer's tensors share one dtype and flatten into one shardable parameter.
+        from studio.core import quant
+
+        storage = compute_dtype if self.fsdp else "uint8"
+        return quant.make_bnb_config(quantization, compute_dtype, quant_storage=storage)
+
     def _take_lock(self):
         return super()._take_lock() if self.main else _NoLock()
 
@@ -227,6 +239,14 @@ class DistributedJob(Job):
         # Every rank writes its own files into a checkpoint (rng_state_<rank>.pth): wait for
         # all of them before rank 0's manifest lists the checkpoint's files.
         trainer.callback_handler.callbacks.insert(0, _barrier_on_save())
+        plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+        if self.fsdp and plugin is not None:
+            # PEFT's policy: decoder layers as units, and each trainable LoRA matrix its own
+            # unit, so no flat parameter mixes frozen 4-bit storage with trainable fp32.
+            from peft.utils.other import fsdp_auto_wrap_policy
+
+            plugin.auto_wrap_policy = fsdp_auto_wrap_policy(trainer.model)
+        self._trainer = trainer
         return trainer, callback
 
     def _save_bundle(self, model, tokenizer, step: int, measured: dict):
@@ -239,6 +259,8 @@ class DistributedJob(Job):
         measured["processes"] = self.world_size
         if all(p is not None for p in peaks):
             measured["bytes"] = max(peaks)  # the largest process's peak: what one GPU must hold
+        if self.fsdp:
+            model = _GatheredAdapter(model, _full_state_dict(self._trainer))
         if self.main:
             return super()._save_bundle(model, tokenizer, step, measured)
         return Finished(
@@ -248,6 +270,34 @@ class DistributedJob(Job):
             estimate_bytes=self.estimate.total_bytes if self.estimate is not None else None,
             final_loss=None,
         )
+
+
+def _full_state_dict(trainer) -> dict | None:
+    """The FSDP model's whole state dict, gathered unit by unit to rank 0's CPU memory (every
+    rank must call it; the others get None), as Answer.AI's train.py saves its adapters."""
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    wrapped = trainer.model_wrapped
+    config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+    with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, config):
+        state = wrapped.state_dict()
+    return state or None
+
+
+class _GatheredAdapter:
+    """The PEFT model for `Job._save_bundle`, saving the adapter from a gathered state dict
+    (the FSDP shards are not whole weights): the same adapter files a one-GPU run writes."""
+
+    def __init__(self, model, state_dict):
+        self.model = model
+        self.state_dict = state_dict
+
+    def save_pretrained(self, folder, **kwargs):
+        return self.model.save_pretrained(folder, state_dict=self.state_dict, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
 
 
 def _barrier_on_save():
@@ -327,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         from studio.core.recipe import load_recipe
 
         recipe, on_cuda = _device_for_rank(load_recipe(args.recipe), local_rank)
+        if recipe.distributed.strategy == "fsdp":
+            # Every weight in the compute dtype (no fp32 upcast): FSDP flattens a layer's
+            # tensors into one parameter of one dtype (Recipe.notes says so).
+            quantization = replace(recipe.quantization, fp32_upcast=False)
+            recipe = replace(recipe, quantization=quantization)
         import torch
         import torch.distributed as dist
 

@@ -92,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
     except (BundleError, ModelSourceError, QuantError) as exc:
         _err(f"error: {exc}")
         return ExitCode.BAD_INPUT
+    limit = chat.context_length
+    if limit and args.max_new_tokens > limit:
+        _err(
+            f"error: --max-new-tokens {args.max_new_tokens} is more than the base model's "
+            f"context of {limit} tokens (prompt and reply together); use at most {limit}"
+        )
+        return ExitCode.BAD_INPUT
     if args.prompt is not None:
         print(_answer(chat, args.prompt, args), flush=True)
         return ExitCode.OK

@@ -29,6 +29,17 @@ class ChatModel:
     device: str
     compute_dtype: str
 
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens (prompt and reply) the base model takes, when its config says."""
+        config = getattr(self.model, "config", None)
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        value = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
+        return int(value) if isinstance(value, int) and value > 0 else None
+
     def prompt_text(self, prompt: str, history: list[dict] | None = None) -> str:
         """The model input for ``prompt`` (after ``history``): the chat template with the
         generation prompt, or the bare prompt for a tokenizer without a template."""
@@ -57,6 +68,9 @@ class ChatModel:
         templated = bool(getattr(tokenizer, "chat_template", None))
         encoded = tokenizer(text, return_tensors="pt", add_special_tokens=not templated)
         encoded = {k: v.to(self.device) for k, v in encoded.items()}
+        limit = self.context_length
+        if limit:  # never generate past the model's context: it only degrades, and slowly
+            max_new_tokens = max(1, min(max_new_tokens, limit - encoded["input_ids"].shape[1]))
         streamer = _callback_streamer(tokenizer, on_text) if on_text else None
         pad = (
             tokenizer.pad_token_id

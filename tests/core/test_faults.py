@@ -400,3 +400,27 @@ def test_kill_while_a_checkpoint_is_being_written(tiny_models, tmp_path):
     if intact == [2]:  # the kill landed inside the save
         assert "checkpoint-4 is damaged (it has no studio-checkpoint.json" in done.stderr
     assert step_rows(output) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_chat_refuses_a_damaged_base_model_and_an_endless_reply(tiny_models, tmp_path):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_models["llama"], base)
+    recipe = tiny_recipe(tmp_path, base, training={"max_steps": 2, "save_steps": 2})
+    recipe_file = save_recipe(recipe, tmp_path / "recipe.toml")
+    assert cli(tmp_path, "train", str(recipe_file)).returncode == 0
+    bundle = recipe.output.dir
+
+    endless = cli(tmp_path, "chat", bundle, "--prompt", "hi", "--max-new-tokens", "100000000")
+    assert endless.returncode == 2, endless.stderr
+    assert "more than the base model's context of 256 tokens" in endless.stderr
+
+    weights = base / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.truncate(weights.stat().st_size - 4096)
+    damaged = cli(tmp_path, "chat", bundle, "--prompt", "hi")
+    assert damaged.returncode == 2, damaged.stderr
+    assert f"{weights} is not a complete safetensors file" in damaged.stderr
+    no_traceback(damaged.stderr)

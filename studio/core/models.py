@@ -149,6 +149,13 @@ def _resolve_folder(source: str, folder: Path, progress: Progress | None) -> Res
         ggufs = sorted(folder.glob("*.gguf"))
         if len(ggufs) == 1:
             return _resolve_gguf(source, ggufs[0], "gguf", ggufs[0].name, progress)
+        if (folder / "adapter_config.json").is_file():
+            raise ModelSourceError(
+                f"{folder} is a LoRA adapter (it has adapter_config.json), not a base model. "
+                "Give the base model it was trained on (an adapter bundle's recipe.toml names "
+                "it under [model] source); to talk to the adapter use: qlora-studio chat "
+                f"{folder}"
+            )
         raise ModelSourceError(
             f"{folder} has no config.json, so it is not a model folder in Hugging Face layout. "
             "Pick the folder that holds config.json and the .safetensors weights, or a single "

@@ -153,3 +153,13 @@ def test_train_refuses_a_broken_folder_before_spawning(tiny_models, tmp_path):
     assert str(folder) in done.stderr and "tokenizer" in done.stderr
     assert "Traceback" not in done.stderr
     assert "[checking]" not in done.stderr  # refused before any engine process started
+
+
+def test_an_adapter_given_as_the_base_model_says_what_it_is(tmp_path):
+    adapter = tmp_path / "my-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelSourceError, match="is a LoRA adapter") as info:
+        resolve_model(str(adapter))
+    assert f"qlora-studio chat {adapter}" in str(info.value)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from studio.core.atomic import replace_dir, temporary_sibling_dir
+from studio.core.atomic import clean_stale_siblings, replace_dir, temporary_sibling_dir
 from studio.core.paths import cache_dir
 
 BUILTIN_SOURCES = {
@@ -420,6 +420,7 @@ def _resolve_gguf(
     if not (target / _DONE_MARKER).is_file():
         with _convert_lock:
             if not (target / _DONE_MARKER).is_file():
+                clean_stale_siblings(target)  # left by a conversion killed mid-way
                 _convert_gguf(gguf, target, progress)
     return ResolvedModel(source, kind, target, display)
 

@@ -163,3 +163,33 @@ def test_an_adapter_given_as_the_base_model_says_what_it_is(tmp_path):
     with pytest.raises(ModelSourceError, match="is a LoRA adapter") as info:
         resolve_model(str(adapter))
     assert f"qlora-studio chat {adapter}" in str(info.value)
+
+
+def test_a_conversion_killed_mid_way_leaves_nothing_behind(tmp_path, monkeypatch):
+    from tiny_gguf import make_tiny_gguf
+
+    from studio.core.models import gguf_cache_key
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QLORA_STUDIO_CACHE", str(cache))
+    gguf = tmp_path / "tiny.gguf"
+    make_tiny_gguf(gguf)
+    target = cache / "models" / gguf_cache_key(gguf)
+    # A converter killed (-9) while it wrote its temporary folder.
+    code = (
+        "import os, sys; from pathlib import Path; "
+        "from studio.core.atomic import temporary_sibling_dir; "
+        "d = temporary_sibling_dir(Path(sys.argv[1])); (d / 'model.safetensors')"
+        ".write_bytes(b'half'); print(d, flush=True); os.kill(os.getpid(), 9)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    killed = subprocess.run(
+        [sys.executable, "-c", code, str(target)], capture_output=True, text=True, env=env
+    )
+    assert killed.returncode == -9
+    leftover = Path(killed.stdout.strip())
+    assert leftover.is_dir()
+
+    resolved = resolve_model(str(gguf))
+    assert not leftover.exists()
+    assert list((cache / "models").iterdir()) == [resolved.path]

@@ -209,3 +209,48 @@ def scaling_table(
 ) -> list[tuple[int, object]]:
     """(processes, per-GPU `MemoryEstimate`) for each count: what a process-count picker shows."""
     return [(n, estimate_for(shape, recipe, device, n, strategy)) for n in counts]
+
+
+# --------------------------------------------------------------------------- for a front end
+
+
+def inactive_distributed_fields(recipe: Recipe) -> dict[str, str]:
+    """``[distributed]`` keys with no effect given the others (dotted key -> why), for a
+    window to disable with the reason, like `session.inactive_fields` does for the rest."""
+    d = recipe.distributed
+    found: dict[str, str] = {}
+    if not d.launched:
+        why = "only used with more than one process"
+        found["distributed.strategy"] = why
+        found["distributed.gpus"] = why
+    if d.strategy != "fsdp" or not d.launched:
+        found["distributed.cpu_offload"] = "only used with the fsdp strategy"
+    if d.num_machines == 1:
+        why = "only used with several machines"
+        for key in ("machine_rank", "main_process_ip", "main_process_port"):
+            found[f"distributed.{key}"] = why
+    return found
+
+
+def distributed_start_problem(recipe: Recipe, device, gpu_count: int | None = None) -> str:
+    """Why ``recipe``'s ``[distributed]`` section cannot start on ``device`` (a
+    `quant.DeviceTarget`) with ``gpu_count`` GPUs found on this machine; "" when it can."""
+    d = recipe.distributed
+    if not d.launched:
+        return ""
+    for key, message in d.topology_problems().items():
+        return f"distributed.{key}: {message}"
+    on_gpu = device is not None and device.torch_device.startswith("cuda")
+    if d.strategy == "fsdp" and not on_gpu:
+        from studio.core.engine.launch import FSDP_ON_CPU
+
+        return f"distributed.strategy: {FSDP_ON_CPU}"
+    if on_gpu and gpu_count is not None and d.processes_per_machine > gpu_count:
+        return (
+            f"distributed.num_processes: {d.processes_per_machine} processes on this machine "
+            f"need as many GPUs; {gpu_count} found"
+        )
+    indices = d.gpu_indices()
+    if on_gpu and gpu_count is not None and indices and max(indices) >= gpu_count:
+        return f"distributed.gpus: there is no GPU {max(indices)}; {gpu_count} found"
+    return ""

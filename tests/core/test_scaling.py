@@ -173,3 +173,35 @@ def test_estimate_command_shows_the_per_gpu_figure(tiny_models, monkeypatch, cap
     text = capsys.readouterr().out
     assert "Per GPU: 2 processes, DDP" in text and "DDP gradient buckets" in text
     assert "Fewest GPUs that fit: DDP: 1; FSDP: 1" in text
+
+
+def test_the_session_shows_the_per_gpu_estimate_with_two_simulated_gpus(llama, monkeypatch):
+    """What the window builds on: with two simulated GPUs, a recipe asking for two processes
+    gets the per-GPU estimate, and the Qt-free helpers say what is inactive or blocked."""
+    from studio.core.gpu import discover_gpus
+    from studio.core.scaling import distributed_start_problem, inactive_distributed_fields
+    from studio.core.session import Session
+
+    model_dir, shape = llama
+    _fake_gpu(monkeypatch, 8192, count=2)
+    session = Session.create()
+    session.set_recipe(_recipe(model_dir).with_changes(training={"device": "auto"}))
+    session.model_ready(str(model_dir), None, shape)
+    single = session.estimate
+    assert single is not None and single.processes == 1
+    session.edit("distributed.num_processes", 2)
+    assert session.estimate.processes == 2 and session.estimate.strategy == "ddp"
+    assert session.estimate.total_bytes > single.total_bytes  # DDP's buckets
+    session.edit("distributed.strategy", "fsdp")
+    assert session.estimate.term("fsdp_shards").bytes > 0
+    gpus = len(discover_gpus().gpus)
+    assert gpus == 2
+    # Simulated GPUs train on the CPU, where FSDP cannot run: Start is blocked, saying why.
+    problem = distributed_start_problem(session.recipe, session.device, gpus)
+    assert problem.startswith("distributed.strategy:") and "use 'ddp'" in problem
+    session.edit("distributed.strategy", "ddp")
+    assert distributed_start_problem(session.recipe, session.device, gpus) == ""
+    inactive = inactive_distributed_fields(session.recipe)
+    assert "distributed.cpu_offload" in inactive and "distributed.strategy" not in inactive
+    assert "distributed.main_process_ip" in inactive
+    assert "distributed.strategy" in inactive_distributed_fields(_recipe(model_dir))

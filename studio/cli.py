@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from studio import __version__
 
-COMMANDS = ("gui", "gpus", "estimate", "train", "chat", "export")
+COMMANDS = ("gui", "gpus", "estimate", "train", "chat", "export", "runs")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,3 +27,11 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def _no_fake_gpus(monkeypatch):
     """Tests see no simulated GPUs unless they set QLORA_STUDIO_FAKE_GPUS themselves."""
     monkeypatch.delenv("QLORA_STUDIO_FAKE_GPUS", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def isolated_runs_root(tmp_path, monkeypatch):
+    """The run library (studio.core.runs) of each test is its own, never ~/qlora-studio."""
+    folder = tmp_path / "runs-root"
+    monkeypatch.setenv("QLORA_STUDIO_RUNS_ROOT", str(folder))
+    return folder

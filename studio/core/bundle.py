@@ -111,6 +111,7 @@ def write_bundle(
     estimate: dict | None,
     measured: dict | None,
     overwrite: bool,
+    extra_files: Sequence[Path] = (),
 ) -> Path:
     """Write the bundle at ``target`` atomically and return its path.
 
@@ -119,7 +120,9 @@ def write_bundle(
     ``metrics`` are event dicts (StepLogged/EvalLogged). ``base_model`` (source, path,
     display name), ``run`` (steps, final loss, device, ...), ``estimate``
     (``MemoryEstimate.to_json_dict()``) and ``measured`` (peak bytes and what was measured)
-    go into the manifest. Raises `FileExistsError` if ``target`` exists and not ``overwrite``.
+    go into the manifest. ``extra_files`` that exist are copied in under their own names
+    (the run's ``memory.jsonl``). Raises `FileExistsError` if ``target`` exists and not
+    ``overwrite``.
     """
     target = Path(target)
     if target.exists() and not overwrite:
@@ -142,6 +145,9 @@ def write_bundle(
             "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics), encoding="utf-8"
         )
         loss_png, vram_png = render_plots(metrics, estimate=estimate, measured=measured)
+        for extra in extra_files:
+            if Path(extra).is_file():
+                shutil.copyfile(extra, folder / Path(extra).name)
         (folder / "loss.png").write_bytes(loss_png)
         (folder / "vram.png").write_bytes(vram_png)
         (folder / "README.md").write_text(

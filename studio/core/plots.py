@@ -83,6 +83,7 @@ class Series:
     xs: Sequence[float]
     ys: Sequence[float]
     dashed: bool = False
+    color: tuple[int, int, int] | None = None  # RGB; None: the palette's, by position
 
 
 class _Canvas:
@@ -301,7 +302,35 @@ def line_chart_png(
     y_from_zero: bool = False,
     x_kind: str = "number",
 ) -> bytes:
-    """PNG bytes of a line chart of ``series``; ``note`` is printed in the plot area if given
+    """PNG bytes of a line chart (`chart_canvas`)."""
+    return chart_canvas(
+        series,
+        title=title,
+        x_label=x_label,
+        y_label=y_label,
+        note=note,
+        width=width,
+        height=height,
+        y_format=y_format,
+        y_from_zero=y_from_zero,
+        x_kind=x_kind,
+    ).png()
+
+
+def chart_canvas(
+    series: Sequence[Series],
+    *,
+    title: str = "",
+    x_label: str = "",
+    y_label: str = "",
+    note: str = "",
+    width: int = 640,
+    height: int = 400,
+    y_format=format_tick,
+    y_from_zero: bool = False,
+    x_kind: str = "number",
+) -> _Canvas:
+    """A line chart of ``series``; ``note`` is printed in the plot area if given
     (e.g. why there is nothing to show); ``y_from_zero`` starts the y axis at 0 (for
     quantities such as memory); ``x_kind`` as in `chart_axes`. Non-finite points are
     skipped; a series of few points gets a marker on each (`shows_markers`)."""
@@ -348,7 +377,7 @@ def line_chart_png(
         canvas.text(4, top - 12 if top > 20 else 2, y_label)
 
     for index, (s, pts) in enumerate(drawn):
-        color = PALETTE[index % len(PALETTE)]
+        color = s.color or PALETTE[index % len(PALETTE)]
         for (xa, ya), (xb, yb) in zip(pts, pts[1:], strict=False):
             canvas.line(px(xa), py(ya), px(xb), py(yb), color, width=2, dashed=s.dashed)
         if shows_markers(s):
@@ -357,7 +386,7 @@ def line_chart_png(
                 canvas.fill(x - 2, y - 2, x + 2, y + 2, color)
     legend_y = top + 8
     for index, (s, _) in enumerate(drawn):
-        color = PALETTE[index % len(PALETTE)]
+        color = s.color or PALETTE[index % len(PALETTE)]
         x = right - 12 - text_width(s.label) - 24
         canvas.fill(x - 4, legend_y - 3, right - 6, legend_y + 9, (255, 255, 255))
         canvas.line(x, legend_y + 3, x + 16, legend_y + 3, color, width=2, dashed=s.dashed)
@@ -365,7 +394,18 @@ def line_chart_png(
         legend_y += 14
     if note:
         canvas.text((left + right - text_width(note)) // 2, (top + bottom) // 2, note)
-    return canvas.png()
+    return canvas
+
+
+def stacked_png(charts: Sequence[Chart], *, width: int = 640, height: int = 400) -> bytes:
+    """One PNG of ``charts`` drawn one above the other, each ``width`` x ``height``."""
+    import numpy as np
+
+    canvases = [chart.canvas(width, height) for chart in charts]
+    stacked = _Canvas(width, height * len(canvases))
+    stacked.pixels = np.concatenate([c.pixels for c in canvases], axis=0)
+    stacked.height = stacked.pixels.shape[0]
+    return stacked.png()
 
 
 # ------------------------------------------------------------------ the bundle's charts
@@ -385,7 +425,10 @@ class Chart:
         return chart_axes(self.series, x_kind=self.x_kind, y_from_zero=self.y_from_zero)
 
     def png(self, width: int = 640, height: int = 400) -> bytes:
-        return line_chart_png(
+        return self.canvas(width, height).png()
+
+    def canvas(self, width: int = 640, height: int = 400) -> _Canvas:
+        return chart_canvas(
             self.series,
             title=self.title,
             x_label=self.x_label,

@@ -66,6 +66,7 @@ from studio.core.units import format_bytes
 
 RUN_METRICS = "metrics.jsonl"
 RUN_RECIPE = "recipe.toml"
+MEMORY_SAMPLES = "memory.jsonl"  # written by studio.core.runs.MemorySampler
 _LIBRARY_LOGGERS = ("transformers", "peft", "accelerate", "bitsandbytes", "datasets", "torch")
 
 
@@ -142,14 +143,19 @@ def run_job(
     # NVML (discovery, the GUI) numbers GPUs in PCI bus order; make cuda:N the same card.
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     emit = _Emitter(conn, parent_pid)
+    from studio.core.runs import RunRecorder
+
+    # The run library (studio.core.runs): status file, index and memory samples.
+    recorder = RunRecorder(recipe, resume=resume, send=emit)
     job = Job(
         recipe,
         resume=resume,
         overwrite=overwrite,
-        emit=emit,
+        emit=recorder,
         control=control,
         should_stop=lambda: control.stop_requested or not emit.parent_alive(),
     )
+    recorder.job = job
     result = job.run()
     with contextlib.suppress(OSError):
         conn.close()
@@ -619,6 +625,7 @@ class Job:
                 estimate=estimate,
                 measured=measured,
                 overwrite=self.overwrite,
+                extra_files=[self.ckpt_dir / MEMORY_SAMPLES],
             )
         except FileExistsError:
             raise OutputExistsError(

@@ -114,6 +114,7 @@ class RunsView(QWidget):
         self.setObjectName("runsView")
         self.window = window
         self.runs: dict[str, object] = {}  # path -> RunSummary
+        self._waiting = False  # a resume waits for the model to be read
         self.filter_edit = QLineEdit(objectName="runsFilterEdit")
         self.filter_edit.setPlaceholderText("Filter runs (name, model, status…)")
         self.filter_edit.setClearButtonEnabled(True)
@@ -366,7 +367,37 @@ class RunsView(QWidget):
             return False
         self.window.session.set_recipe(recipe)
         self.window.tabs.setCurrentIndex(0)
+        return self._start_when_ready()
+
+    def _start_when_ready(self) -> bool:
+        """Start (the window asks Resume or Start over); when the model of the recipe just
+        set is still to be read, read it and start once it is ready."""
+        from studio.core.session import LoadState
+
+        session = self.window.session
+        state = session.model.state
+        if state in (LoadState.EMPTY, LoadState.READING) and not self._waiting:
+            self._waiting = True
+            session.events.model.connect(self._model_changed)
+            self.window.statusBar().showMessage("Reading the model; the run resumes then…")
+            if state is LoadState.EMPTY:
+                self.window.load_model()
+            return True
+        blockers = session.start_blockers()
+        if blockers:
+            QMessageBox.warning(self.window, "Cannot resume now", "\n".join(blockers))
+            return False
         return self.window.jobs.start()
+
+    def _model_changed(self, model) -> None:
+        from studio.core.session import LoadState
+
+        if model.state in (LoadState.EMPTY, LoadState.READING):
+            return
+        self._waiting = False
+        self.window.session.events.model.disconnect(self._model_changed)
+        # Out of the session's signal, so the question the start asks does not nest in it.
+        QTimer.singleShot(0, self._start_when_ready)
 
     def export_selected(self) -> bool:
         run = self._single()

@@ -993,12 +993,13 @@ def export_bundle(
     figures: dict[str, MergeFigures] = {}
     try:
         with _RssPeak() as peak:
-            say("loading the trained model (quantized base + adapter) for comparison", 0.03)
-            ref = _reference(Path(plan.info.path), options.prompts, say, cancelled)
-            step = (merge_share - 0.15) / len(plan.candidates)
+            # Merges first (the merge's peak memory is then its own), then the comparison.
+            count = len(plan.candidates)
+            merge_end = 0.02 + 0.4 * (merge_share - 0.02)
+            step = (merge_end - 0.02) / count
             merge_peak = 0
             for i, kind in enumerate(plan.candidates):
-                start = 0.15 + i * step
+                start = 0.02 + i * step
                 folder = work / f"merged-{kind}"
                 folder.mkdir()
                 say(f"merging the adapter into the {kind} weights ({plan.dtype})", start)
@@ -1009,11 +1010,17 @@ def export_bundle(
                         folder,
                         max_shard_bytes=options.max_shard_bytes,
                         cancelled=cancelled,
-                        report=lambda f, s=start: say(None, s + 0.6 * step * f),
+                        report=lambda f, s=start: say(None, s + step * f),
                     )
                 merge_peak = max(merge_peak, merge_rss.peak)
-                say(f"measuring the {kind} merge against the trained model", start + 0.6 * step)
-                figures[kind] = _measure(folder, kind, ref, cancelled)
+            say("loading the trained model (quantized base + adapter) for comparison", merge_end)
+            ref = _reference(Path(plan.info.path), options.prompts, say, cancelled)
+            ref_end = merge_end + 0.2 * (merge_share - merge_end)
+            step = (merge_share - ref_end) / count
+            for i, kind in enumerate(plan.candidates):
+                start = ref_end + i * step
+                say(f"measuring the {kind} merge against the trained model", start)
+                figures[kind] = _measure(work / f"merged-{kind}", kind, ref, cancelled)
                 fig = figures[kind]
                 say(
                     f"{kind}: mean KL {fig.mean_kl:.2e}, max logit difference "

@@ -6,9 +6,10 @@ one transformers reads in the studio's processes). The arguments are the convert
 
 One addition: the converter identifies a BPE tokenizer's pre-tokenizer by hashing how a known
 text is tokenized, and stops for a tokenizer it has no hash for. When that happens and the
-model's ``tokenizer.json`` says its pre-tokenizer is exactly GPT-2's byte-level split
-(``ByteLevel`` with ``use_regex``), the name llama.cpp uses for that split (``gpt-2``) is
-given instead; any other unknown pre-tokenizer still stops the conversion.
+model's ``tokenizer.json`` says its pre-tokenizer is exactly one llama.cpp implements (GPT-2's
+byte-level split: ``ByteLevel`` with ``use_regex``; Qwen2's split regex followed by
+``ByteLevel``), the name llama.cpp uses for it (``gpt-2``, ``qwen2``) is given instead; any
+other unknown pre-tokenizer still stops the conversion.
 """
 
 from __future__ import annotations
@@ -18,16 +19,36 @@ import logging
 import sys
 from pathlib import Path
 
+# The split regex transformers' Qwen2 tokenizer writes; llama.cpp's "qwen2" pre-tokenizer.
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
-def _byte_level_gpt2(model_dir: Path) -> bool:
+
+def known_pre_tokenizer(model_dir: Path) -> str | None:
+    """llama.cpp's name for the pre-tokenizer in ``model_dir/tokenizer.json``, when it is
+    exactly one llama.cpp implements; else None."""
     try:
         data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return None
     pre = data.get("pre_tokenizer") or {}
-    if pre.get("type") == "Sequence" and len(pre.get("pretokenizers") or []) == 1:
-        pre = pre["pretokenizers"][0]
-    return pre.get("type") == "ByteLevel" and pre.get("use_regex", True) is True
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    steps = steps or []
+    if len(steps) == 1 and steps[0].get("type") == "ByteLevel":
+        return "gpt-2" if steps[0].get("use_regex", True) is True else None
+    if (
+        len(steps) == 2
+        and steps[0].get("type") == "Split"
+        and (steps[0].get("pattern") or {}).get("Regex") == QWEN2_SPLIT
+        and steps[0].get("behavior") == "Isolated"
+        and not steps[0].get("invert")
+        and steps[1].get("type") == "ByteLevel"
+        and steps[1].get("use_regex") is False
+    ):
+        return "qwen2"
+    return None
 
 
 def main() -> None:
@@ -40,13 +61,14 @@ def main() -> None:
         try:
             return original(self, tokenizer)
         except NotImplementedError:
-            if not _byte_level_gpt2(Path(self.dir_model)):
+            name = known_pre_tokenizer(Path(self.dir_model))
+            if name is None:
                 raise
             logging.getLogger("qlora-studio").warning(
-                "tokenizer not in the converter's list; its pre-tokenizer is GPT-2's "
-                "byte-level split, stored as 'gpt-2'"
+                "tokenizer not in the converter's list; its tokenizer.json pre-tokenizer is "
+                f"llama.cpp's {name!r}, stored as that"
             )
-            return "gpt-2"
+            return name
 
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
     sys.argv[0] = "convert_hf_to_gguf.py"

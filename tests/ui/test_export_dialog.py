@@ -60,14 +60,18 @@ def test_cancel_mid_export_stops_the_work_and_leaves_nothing(qtbot, bundle, tmp_
     dialog = open_dialog(qtbot, bundle, out)
     choose(qtbot, dialog, "exportFormatCombo", "gguf")
     click(qtbot, dialog, "exportButton")
-    # Wait until the export is well under way (the child reports its merge), then cancel.
+    # Wait until llama.cpp's converter runs (a grandchild process), then cancel.
     qtbot.waitUntil(
-        lambda: "merging" in dialog.findChild(object, "exportMessageLabel").text(), timeout=LONG
+        lambda: "converting" in dialog.findChild(object, "exportMessageLabel").text(),
+        timeout=LONG,
     )
     child = psutil.Process(dialog._process.processId())
+    qtbot.waitUntil(lambda: bool(child.children(recursive=True)), timeout=60_000)
+    processes = [child, *child.children(recursive=True)]
     click(qtbot, dialog, "exportCancelButton")
     qtbot.waitUntil(lambda: dialog.state == "cancelled", timeout=60_000)
-    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    gone, alive = psutil.wait_procs(processes, timeout=30)
+    assert not alive, alive
     assert "Cancelled" in dialog.findChild(object, "exportMessageLabel").text()
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]

@@ -223,3 +223,24 @@ def test_fsdp_on_the_cpu_is_refused_at_once_with_what_fails(tiny_models, tmp_pat
     assert isinstance(failed, Failed) and failed.error_type == "RecipeError", failed
     assert "distributed.strategy" in failed.message and "use 'ddp'" in failed.message
     assert "There are currently no available devices found" in failed.message
+
+
+def test_the_cluster_page_shows_the_command_the_studio_builds(tmp_path):
+    """docs/cluster.md's multi-node command is accelerate_command's, flag for flag."""
+    import shlex
+
+    from studio.core.recipe import load_recipe
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "cluster.md").read_text()
+    section = page.split("### The exported recipe", 1)[1]
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    shown = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "recipe.toml").write_text(toml)
+    recipe = load_recipe(tmp_path / "recipe.toml")
+    expected = accelerate_command(
+        recipe,
+        "/shared/recipes/llama-70b-support.toml",
+        on_cpu=False,
+        python=".venv/bin/python",
+    )
+    assert shlex.split(shown.replace("\\\n", " ")) == expected

@@ -85,6 +85,7 @@ def accelerate_arguments(recipe: Recipe, *, on_cpu: bool) -> list[str]:
         str(d.num_machines),
         "--machine_rank",
         str(d.machine_rank),
+        *(["--main_process_ip", d.main_process_ip.strip()] if d.main_process_ip.strip() else []),
         "--main_process_port",
         str(d.main_process_port),
         "--mixed_precision",
@@ -92,8 +93,6 @@ def accelerate_arguments(recipe: Recipe, *, on_cpu: bool) -> list[str]:
         "--dynamo_backend",
         "no",
     ]
-    if d.main_process_ip.strip():
-        args += ["--main_process_ip", d.main_process_ip.strip()]
     if d.strategy == "fsdp":
         # The Hugging Face / Answer.AI FSDP-QLoRA settings: decoder layers as the wrap unit
         # (the model's _no_split_modules), weights loaded on rank 0 only and broadcast, flat
@@ -121,8 +120,9 @@ def accelerate_arguments(recipe: Recipe, *, on_cpu: bool) -> list[str]:
         ]
     elif d.num_processes > 1:
         args.append("--multi_gpu")
-    if not on_cpu and d.gpu_indices() is not None:
-        args += ["--gpu_ids", ",".join(str(i) for i in d.gpu_indices())]
+    if not on_cpu:  # stated even for "all": a default accelerate config must not pick others
+        indices = d.gpu_indices()
+        args += ["--gpu_ids", "all" if indices is None else ",".join(str(i) for i in indices)]
     if on_cpu:
         threads = max((os.cpu_count() or 1) // d.processes_per_machine, 1)
         args += ["--num_cpu_threads_per_process", str(threads)]

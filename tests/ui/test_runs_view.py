@@ -43,7 +43,7 @@ def runs_window(make_window, qtbot, library, monkeypatch, tmp_path):
     window = make_window()
     show_runs_tab(qtbot, window)
     view = window.runs_view
-    qtbot.waitUntil(lambda: view.proxy.rowCount() == 3, timeout=LONG)
+    qtbot.waitUntil(lambda: view.proxy.rowCount() == 3, timeout=20_000)
     return window, view, folder
 
 

@@ -558,11 +558,22 @@ def _write_merged(
     _write_config(plan, folder)
     bundle_dir = Path(plan.info.path)
     for name in plan.info.manifest.get("files", {}):
-        if name not in _STUDIO_FILES and "/" not in name:
+        if _is_tokenizer_file(name):
             shutil.copy2(bundle_dir / name, folder / name)
     generation = plan.base_path / "generation_config.json"
     if generation.is_file():
         shutil.copy2(generation, folder / "generation_config.json")
+
+
+_TOKENIZER_FILE = re.compile(
+    r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template\.(jinja|json)"
+    r"|vocab\..*|merges\.txt|.*\.model|.*\.tiktoken)$"
+)
+
+
+def _is_tokenizer_file(name: str) -> bool:
+    """A file of the bundle's tokenizer (copied into the merged folder); not the studio's."""
+    return "/" not in name and name not in _STUDIO_FILES and bool(_TOKENIZER_FILE.match(name))
 
 
 def _write_config(plan: _Plan, folder: Path) -> None:

@@ -13,7 +13,7 @@ import enum
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QTimer
+from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from studio import APP_NAME
@@ -210,6 +210,16 @@ class BundleFlow(QObject):
             return None
         self.window.statusBar().showMessage(f"Bundle saved to {saved}", 10000)
         return saved
+
+    def export(self) -> None:
+        """File ▸ Export bundle…: a merged model or a GGUF of the session's bundle."""
+        if not self.session.bundle:
+            return
+        from studio.ui.export_dialog import ExportDialog
+
+        dialog = ExportDialog(self.session.bundle, self.window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
 
     def open(self, path: str | None = None) -> bool:
         """Open a finished bundle: its recipe's figures, its loss curve, and chat with it."""

@@ -13,7 +13,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QByteArray, Qt, QTimer
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio import APP_NAME
-from studio.ui.flows import about
+from studio.ui.menus import build_menus
 from studio.ui.settings import (
     default_recipe,
     open_settings,
@@ -127,7 +127,7 @@ class MainWindow(QMainWindow):
         self.bundles = BundleFlow(self, session, on_opened=self._bundle_opened)
         self.runs_view = RunsView(self)
         column = self._lay_out()
-        self._build_menu()
+        build_menus(self)
         self.statusBar().showMessage("Ready.")
         self.run_bar.start.clicked.connect(lambda: self.jobs.start())
         self.run_bar.pause.clicked.connect(lambda: self.jobs.toggle_pause())
@@ -243,28 +243,6 @@ class MainWindow(QMainWindow):
     def _bundle_opened(self, events) -> None:
         self.live.show_history(events)
         self.tabs.setCurrentWidget(self.chat)
-
-    # ----- menus ----------------------------------------------------------------------
-    def _build_menu(self) -> None:
-        def add(menu, text, slot, shortcut=None, name=None):
-            action = QAction(text, self, objectName=name or "")
-            if shortcut:
-                action.setShortcut(shortcut)
-            action.triggered.connect(lambda _checked=False: slot())
-            menu.addAction(action)
-            return action
-
-        recipes, keys = self.recipes, QKeySequence.StandardKey
-        file = self.menuBar().addMenu("&File")
-        add(file, "&Open recipe…", recipes.open, keys.Open, "openRecipeAction")
-        add(file, "&Save recipe as…", recipes.save_as, keys.Save, "saveRecipeAction")
-        file.addSeparator()
-        add(file, "Open &bundle…", self.bundles.open, None, "openBundleAction")
-        add(file, "Save b&undle as…", self.bundles.save, None, "saveBundleAction")
-        file.addSeparator()
-        add(file, "&Quit", self.close, QKeySequence.StandardKey.Quit, "quitAction")
-        help_menu = self.menuBar().addMenu("&Help")
-        add(help_menu, "&About", lambda: about(self))
 
     # ----- closing --------------------------------------------------------------------
     def closeEvent(self, event) -> None:

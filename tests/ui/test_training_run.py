@@ -18,7 +18,7 @@ from conftest import (
     write_dataset,
 )
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QLabel, QPushButton
+from PySide6.QtWidgets import QDialog, QLabel, QPushButton
 
 from studio.core.bundle import read_bundle
 from studio.core.engine.output import inspect_output
@@ -116,6 +116,15 @@ def test_train_replace_pause_close_reopen_resume_save_open_and_chat(
     qtbot.waitUntil(lambda: target.is_dir(), timeout=LONG)
     assert read_bundle(target).recipe.training.max_steps == 60
     assert str(target) in again.statusBar().currentMessage()
+
+    # File ▸ Export bundle… opens the export dialog for this bundle (export itself: its own tests).
+    export = again.findChild(QAction, "exportBundleAction")
+    assert export.isEnabled()
+    export.trigger()
+    qtbot.waitUntil(lambda: again.findChild(QDialog, "exportDialog") is not None)
+    dialog = again.findChild(QDialog, "exportDialog")
+    assert str(out) in dialog.findChild(QLabel, "exportBundleLabel").text()
+    dialog.reject()
 
     # Chat with it, then open the saved copy from the File menu: the answers start afresh.
     again.findChild(object, "chatPromptEdit").setPlainText("Count to 3.")

@@ -410,3 +410,29 @@ def _process_memory(nvml, handle, pid: int) -> int | None:
             return None
         total += int(proc.usedGpuMemory)
     return total
+
+
+def process_gpu_memory(index: int, pid: int, *, nvml: Any = None) -> int | None:
+    """Bytes NVML attributes to process ``pid`` on GPU ``index`` right now (context, torch's
+    reserved memory and CUDA managed memory together): what nvidia-smi shows for it.
+
+    None when NVML cannot say (nvidia-ml-py missing, no driver, Windows WDDM, an NVML error).
+    NVML's index is the PCI bus order; the engine sets ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so
+    ``cuda:N`` is the same card.
+    """
+    nvml = nvml if nvml is not None else _import_nvml()
+    if nvml is None:
+        return None
+    errors = _nvml_errors(nvml)
+    try:
+        nvml.nvmlInit()
+    except errors:
+        return None
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        return _process_memory(nvml, handle, pid)
+    except errors:
+        return None
+    finally:
+        with contextlib.suppress(*errors):
+            nvml.nvmlShutdown()

@@ -4,6 +4,7 @@ Trainer's arguments, and measuring the peak memory afterwards."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 from studio.core.recipe import Recipe
@@ -124,27 +125,89 @@ def training_arguments(recipe: Recipe, output_dir: str, torch_device: str, *, ha
     )
 
 
+def _proc_status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (Linux) in bytes, or None where there is none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cuda_context_bytes(torch_device: str) -> dict:
+    """What this process holds on the GPU besides torch's reserved blocks, and NVML's view.
+
+    NVML's per-process figure (what nvidia-smi shows for the engine) is the CUDA context,
+    torch's reserved memory and CUDA managed memory (paged optimizer state) together, so the
+    context (with any managed memory) is that figure minus what torch has reserved now. None
+    where NVML cannot say (no nvidia-ml-py, Windows WDDM).
+    """
+    import torch
+
+    from studio.core import gpu
+
+    reserved = int(torch.cuda.memory_reserved(torch_device))
+    index = torch.device(torch_device).index or 0
+    nvml_bytes = gpu.process_gpu_memory(index, os.getpid())
+    context = None if nvml_bytes is None else max(nvml_bytes - reserved, 0)
+    return {"nvml_process_bytes": nvml_bytes, "cuda_context_bytes": context}
+
+
 def measure_peak(torch_device: str) -> dict:
-    """The measured peak: torch's CUDA peak reserved, or the process's peak RSS on the CPU."""
+    """The exact measured peak of this (the engine) process, read at the end of training.
+
+    CPU (Linux): ``VmHWM``, the kernel's high-water mark of this process's resident memory,
+    exact rather than sampled. It includes the Python runtime and libraries (the estimate's
+    ``cpu_runtime`` term). ``ru_maxrss`` is not used on Linux: in a process started by
+    fork + exec (the engine is a spawn child) it also carries the *parent's* high-water mark
+    from before the exec, so a large parent (the window, a test runner) inflated it.
+    CUDA: torch's peak reserved memory plus the CUDA context (NVML's per-process figure minus
+    the memory torch has reserved now); NVML's per-process figure is kept beside it.
+    """
     if torch_device.startswith("cuda"):
         import torch
 
+        reserved_peak = int(torch.cuda.max_memory_reserved(torch_device))
+        context = cuda_context_bytes(torch_device)
+        extra = context["cuda_context_bytes"]
         return {
-            "kind": "cuda_max_memory_reserved",
-            "bytes": int(torch.cuda.max_memory_reserved(torch_device)),
+            "kind": "cuda_peak_reserved_plus_context",
+            "bytes": reserved_peak + (extra or 0),
+            "max_memory_reserved_bytes": reserved_peak,
             "allocated_peak_bytes": int(torch.cuda.max_memory_allocated(torch_device)),
+            "context_measured": extra is not None,
+            **context,
+        }
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        from studio.core.engine.allocator import APPLIED
+
+        return {
+            "kind": "cpu_peak_rss",
+            "source": "VmHWM",
+            "bytes": hwm,
+            "rss_at_end_bytes": _proc_status_bytes("VmRSS"),
+            "allocator": dict(APPLIED) or None,
         }
     try:
         import resource
 
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        # Linux reports KiB, macOS bytes.
+        # macOS reports bytes (other BSD-likes KiB).
         return {
             "kind": "cpu_peak_rss",
+            "source": "ru_maxrss",
             "bytes": int(rss if sys.platform == "darwin" else rss * 1024),
         }
     except ImportError:  # Windows
         import psutil
 
         info = psutil.Process().memory_info()
-        return {"kind": "cpu_peak_rss", "bytes": int(getattr(info, "peak_wset", info.rss))}
+        return {
+            "kind": "cpu_peak_rss",
+            "source": "peak_wset",
+            "bytes": int(getattr(info, "peak_wset", info.rss)),
+        }

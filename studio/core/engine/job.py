@@ -133,6 +133,10 @@ def run_job(
     request, so the child ignores SIGINT itself.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Before torch is imported: a repeatable (and estimable) peak; see engine/allocator.py.
+    from studio.core.engine.allocator import configure_allocator
+
+    configure_allocator()
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     if hasattr(signal, "pthread_sigmask"):  # the runner blocked it while starting us

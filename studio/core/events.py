@@ -83,8 +83,9 @@ class Stopped:
 
 @dataclass(frozen=True)
 class Finished:
-    """The bundle is complete at ``bundle_dir``. ``peak_bytes`` is the measured peak
-    (torch's CUDA peak reserved, or the process's peak resident memory on the CPU)."""
+    """The bundle is complete at ``bundle_dir``. ``peak_bytes`` is the exact measured peak of
+    the engine process (`engine.building.measure_peak`): on the CPU its resident high-water
+    mark (VmHWM, Python runtime included); on CUDA torch's peak reserved plus the context."""
 
     bundle_dir: str
     step: int

@@ -39,6 +39,6 @@ def test_tiny_run_on_cuda_reports_memory(tiny_models, tmp_path):
     assert steps and all(e.cuda_allocated_bytes and e.cuda_peak_bytes for e in steps)
     assert all(e.cuda_reserved_bytes >= e.cuda_allocated_bytes for e in steps)
     info = read_bundle(recipe.output.dir)
-    assert info.manifest["measured_peak"]["kind"] == "cuda_max_memory_reserved"
+    assert info.manifest["measured_peak"]["kind"] == "cuda_peak_reserved_plus_context"
     assert info.manifest["measured_peak"]["bytes"] > 0
     assert info.manifest["run"]["torch_device"].startswith("cuda")

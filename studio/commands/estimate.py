@@ -5,7 +5,9 @@ on the meta device, picks the device from GPU discovery (simulated GPUs count) a
 estimator's terms, largest first, with total, capacity, verdict and advice; ``--json`` prints
 ``total_bytes``, ``weights_bytes``, ``terms`` (key -> bytes), ``device``, ``fits`` and more.
 Flags override the recipe's keys. Without a recipe or ``--model``, the default recipe (the
-built-in model) is used. Bad recipe, flags or model: a message on stderr and exit code 2.
+built-in model) is used. A ``catalog:<name>`` source or a folder holding only config.json is
+estimated as a plan (labelled so): no weights are needed to estimate. Bad recipe, flags or
+model: a message on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -181,9 +183,15 @@ def run(args: argparse.Namespace) -> int:
             recipe.model.source,
             progress=progress,
             trust_remote_code=recipe.model.trust_remote_code,
+            allow_plan=True,  # a catalog entry or a config.json alone: estimate it as a plan
         )
         progress.done()
-        shape = read_shape(resolved, trust_remote_code=recipe.model.trust_remote_code)
+        if resolved.kind == "catalog":
+            from studio.core.catalog import catalog_shape
+
+            shape = catalog_shape(resolved.source)
+        else:
+            shape = read_shape(resolved, trust_remote_code=recipe.model.trust_remote_code)
     except ModelSourceError as exc:
         progress.done()
         return _fail(f"model.source: {exc}")
@@ -212,11 +220,17 @@ def run(args: argparse.Namespace) -> int:
             "kind": resolved.kind,
             "path": str(resolved.path),
             "summary": shape.summary(),
+            "plan": resolved.plan,
         }
         data["labels"] = {t.key: t.label for t in est.terms}
         print(json.dumps(data, indent=2))
     else:
         print(f"Model: {resolved.display_name} ({shape.summary()})")
+        if resolved.plan:
+            print(
+                "Plan: only the model's config was read (no weights here); the estimate is the "
+                "same as for the downloaded model."
+            )
         q = recipe.quantization
         quant = (
             "no quantization"

@@ -59,13 +59,20 @@ class ResolvedModel:
     kind: str  # "builtin" | "folder" | "hub" | "gguf"
     path: Path
     display_name: str
+    # A plan: only config.json is there (a catalog entry, or a folder without weights). Its
+    # shape can be read and estimated; it cannot be trained. See `resolve_model(allow_plan=)`.
+    plan: bool = False
 
 
 # --------------------------------------------------------------------------- resolving
 
 
 def resolve_model(
-    source: str, *, progress: Progress | None = None, trust_remote_code: bool | None = None
+    source: str,
+    *,
+    progress: Progress | None = None,
+    trust_remote_code: bool | None = None,
+    allow_plan: bool = False,
 ) -> ResolvedModel:
     """Resolve ``source`` to a local Hugging Face folder; see the module docstring.
 
@@ -73,7 +80,20 @@ def resolve_model(
     while the step's length is unknown). The folder is checked with `check_model_folder`
     (with ``trust_remote_code`` when given; None skips only the remote-code question). Raises
     `ModelSourceError` with what was looked for and what to give instead.
+
+    ``allow_plan`` (estimating, planning; never training): a ``catalog:<name>`` source
+    (`studio.core.catalog`) and a folder with config.json but no weights resolve to a plan
+    (``plan=True``, kind ``"catalog"`` or ``"plan"``): only the config is checked. Without it
+    both are refused.
     """
+    if allow_plan:
+        planned = _resolve_plan(source, trust_remote_code)
+        if planned is not None:
+            return planned
+    elif source.strip().lower().startswith("catalog:"):
+        from studio.core import catalog
+
+        raise ModelSourceError(catalog.not_trainable_message(catalog.resolve_catalog(source)))
     resolved = _resolve_model(source, progress)
     if resolved.kind in ("folder", "hub"):
         check_model_folder(resolved.path, trust_remote_code)
@@ -111,6 +131,24 @@ def _resolve_model(source: str, progress: Progress | None) -> ResolvedModel:
         "a folder or file with that path and a hub id (owner/name) in the local Hugging Face "
         f"cache. Give one of those, or {next(iter(BUILTIN_SOURCES))!r}."
     )
+
+
+def _resolve_plan(source: str, trust_remote_code: bool | None) -> ResolvedModel | None:
+    """A plan for ``source`` (catalog entry, or a folder with config.json and no weights);
+    None when ``source`` is anything else (then it resolves as usual)."""
+    text = source.strip()
+    if text.lower().startswith("catalog:"):
+        from studio.core import catalog
+
+        return catalog.resolve_catalog(text)
+    path = Path(text).expanduser() if text else None
+    if path is None or not path.is_dir() or not (path / "config.json").is_file():
+        return None
+    if _has_weights(path):
+        return None
+    folder = path.resolve()
+    _check_config(folder, trust_remote_code)
+    return ResolvedModel(source, "plan", folder, f"{folder.name} (plan)", plan=True)
 
 
 def builtin_gguf_path(source: str = "builtin:smollm2-135m-instruct") -> Path:

@@ -1,4 +1,4 @@
-"""The command line: ``qlora-studio [gui|gpus|estimate|train|chat] ...``.
+"""The command line: ``qlora-studio [gui|gpus|estimate|plan|train|chat] ...``.
 
 Each subcommand lives in ``studio.commands.<name>`` with ``add_parser(subparsers)`` and
 ``run(args) -> int``; this module only wires them up, so ``qlora-studio --help`` and
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from studio import __version__
 
-COMMANDS = ("gui", "gpus", "estimate", "train", "chat", "export", "runs")
+COMMANDS = ("gui", "gpus", "estimate", "plan", "train", "chat", "export", "runs")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -257,8 +257,17 @@ class RunRecorder:
     resolved recipe and the torch device.
     """
 
-    def __init__(self, recipe, *, resume: bool, send: Callable, root: str | Path | None = None):
+    def __init__(
+        self,
+        recipe,
+        *,
+        resume: bool,
+        send: Callable,
+        root: str | Path | None = None,
+        sample_memory: bool = True,
+    ):
         self.recipe = recipe
+        self.sample_memory = sample_memory
         self.resume = resume
         self.send = send
         self.root = root
@@ -366,6 +375,8 @@ class RunRecorder:
         }
         register(self.output_dir, how="engine", root=self.root)
         self._write()
+        if not self.sample_memory:
+            return
         self.sampler = MemorySampler(
             checkpoints_path(self.output_dir) / MEMORY, cuda_device=self._cuda_device
         )

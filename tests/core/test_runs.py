@@ -202,3 +202,15 @@ def test_three_real_runs_listed_and_compared(tmp_path, tiny_models, isolated_run
     assert _cli("runs", root=root).returncode == 0
     missing = _cli("runs", "compare", "rank8", "nothing-such", root=root)
     assert missing.returncode == 2 and "nothing-such" in missing.stderr
+
+
+def test_a_multi_process_run_is_recorded_without_sampling_the_launcher(tmp_path):
+    recipe = Recipe().with_changes(output={"dir": str(tmp_path / "ddp")})
+    recorder = runs.RunRecorder(
+        recipe, resume=False, send=lambda event: None, root=tmp_path, sample_memory=False
+    )
+    recorder(PhaseChanged(Phase.LOADING, "loading"))
+    recorder(Finished(str(tmp_path / "ddp"), 4, 123, 100, 1.25))
+    status = runs.read_status(tmp_path / "ddp")
+    assert status["state"] == "finished" and status["peak_bytes"] == 123
+    assert not (tmp_path / "ddp.checkpoints" / runs.MEMORY).exists()

@@ -385,7 +385,11 @@ def run_launcher(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if niceness > 0 and hasattr(os, "nice"):
         os.nice(niceness)
+    from studio.core.runs import RunRecorder
+
     emit = _Emitter(conn, parent_pid)
+    # The run library (studio.core.runs): index and status; the workers' memory is theirs.
+    emit = RunRecorder(recipe, resume=resume, send=emit, sample_memory=False)
     launch = _Launch(recipe, resume, overwrite, emit, control)
     try:
         result = launch.run()

@@ -132,12 +132,20 @@ _chat_models: dict[str, object] = {}
 
 
 def read_model(source: str, progress):
-    """Resolve (maybe convert) a model source and read its shape: (ResolvedModel, ModelShape)."""
+    """Resolve (maybe convert) a model source and read its shape: (ResolvedModel, ModelShape).
+
+    A ``catalog:<name>`` source or a folder with only config.json resolves to a plan
+    (``resolved.plan``, its display name ends in "(plan)"): estimated, never trained.
+    """
     from studio.core.models import read_shape, resolve_model
 
     progress("Resolving the model source…", None)
-    resolved = resolve_model(source, progress=progress)
+    resolved = resolve_model(source, progress=progress, allow_plan=True)
     progress("Reading the model's shape (no weights loaded)…", None)
+    if resolved.kind == "catalog":
+        from studio.core.catalog import catalog_shape
+
+        return resolved, catalog_shape(resolved.source)
     return resolved, read_shape(resolved)
 
 

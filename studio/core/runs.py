@@ -755,7 +755,7 @@ def find_run(reference: str, root: str | Path | None = None) -> RunSummary:
 
 
 # ------------------------------------------------------------------------------ curves
-X_KINDS = {"step": "step", "tokens": "tokens seen", "time": "training time (seconds)"}
+X_KINDS = {"step": "step", "tokens": "tokens seen", "time": "training time"}
 
 
 @dataclass

@@ -529,7 +529,7 @@ class CompareView(QWidget):
             self._draw()
 
     def _draw(self) -> None:
-        from studio.core.plots import GIB
+        from studio.core.plots import CLOCK_FROM_S, GIB
         from studio.core.runs import X_KINDS, recipe_diff, run_curves
 
         if not self.runs:
@@ -541,6 +541,7 @@ class CompareView(QWidget):
         x = self.x_kind
         self.loss_plot.clear()
         self.memory_plot.clear()
+        self._set_bottom_axis(self.loss_plot, x)
         self.loss_plot.setLabel("bottom", X_KINDS[x])
         problems = []
         self.drawn: dict[str, dict] = {}
@@ -598,6 +599,14 @@ class CompareView(QWidget):
                 )
                 self.memory_plot.addItem(line)
                 drawn["estimate"] = estimate
+        longest = max((d["memory"][0][-1] for d in self.drawn.values() if "memory" in d), default=0)
+        self._set_bottom_axis(self.memory_plot, "time", clock=longest >= CLOCK_FROM_S)
+        self.memory_plot.setLabel(
+            "bottom", "time (m:ss)" if longest >= CLOCK_FROM_S else "time (s)"
+        )
+        if x == "time":
+            longest = max((d["loss"][0][-1] for d in self.drawn.values() if "loss" in d), default=0)
+            self._set_bottom_axis(self.loss_plot, "time", clock=longest >= CLOCK_FROM_S)
         self._fill_diff(recipe_diff([r.recipe for r in self.runs]))
         count = self.diff_table.rowCount()
         text = f"{len(self.runs)} runs; " + (
@@ -608,6 +617,20 @@ class CompareView(QWidget):
         if problems:
             text += " " + " ".join(problems)
         self.summary.setText(text)
+
+    @staticmethod
+    def _set_bottom_axis(plot, kind: str, *, clock: bool = False) -> None:
+        """Whole-number ticks for steps, seconds (or m:ss) for time, plain numbers else."""
+        from studio.ui.plots import _axis_classes
+
+        axes = _axis_classes()
+        cls = {"step": axes.StepAxis, "time": axes.TimeAxis}.get(kind, axes.NumberAxis)
+        current = plot.getPlotItem().getAxis("bottom")
+        if type(current) is not cls or getattr(current, "clock", False) != clock:
+            axis = cls("bottom")
+            if kind == "time":
+                axis.clock = clock
+            plot.getPlotItem().setAxisItems({"bottom": axis})
 
     def _fill_diff(self, diff) -> None:
         table = self.diff_table

@@ -230,3 +230,24 @@ def test_fp32_upcast_is_a_choice(tiny_models):
         assert model.model.norm.weight.dtype == dtype
         assert not any(p.requires_grad for p in model.parameters())
         assert model.is_gradient_checkpointing
+
+
+def test_write_failures_name_the_cause_and_the_folder(tmp_path):
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "x.pt"))
+    failed = failure_from_exception(full, "training", folders=[tmp_path], kept="checkpoint-4")
+    assert failed.error_type == "DiskWriteError"
+    assert f"Writing to {tmp_path / 'run'} failed" in failed.message
+    assert (
+        "the disk is full (ENOSPC)" in failed.message and "checkpoint-4 is kept" in failed.message
+    )
+    # safetensors' Rust writer hides the errno in its text.
+    rust = RuntimeError('IoError(Os { code: 28, kind: StorageFull, message: "No space left" })')
+    assert "ENOSPC" in failure_from_exception(rust, "saving", folders=[tmp_path]).message
+    denied = PermissionError(errno.EACCES, "Permission denied", "/models/m/model.safetensors")
+    message = failure_from_exception(denied, "loading", folders=[tmp_path]).message
+    assert message.startswith("Access to /models/m/model.safetensors was denied")
+    assert "(EACCES)" in message
+    other = RuntimeError("shapes do not match")
+    assert failure_from_exception(other, "training").error_type == "RuntimeError"

@@ -146,13 +146,18 @@ def disk_message(code: int, filename: str | None, phase: str, folder, kept: str 
     """The message for a write that failed for ``code`` (an errno) in ``phase``."""
     name, cause = _DISK_CAUSES.get(code, (errno.errorcode.get(code, str(code)), "it failed"))
     where = Path(filename).parent if filename else Path(folder)
-    lines = [f"Writing to {where} failed while {phase_doing(phase)}: {cause} ({name})."]
+    if code in (errno.EACCES, errno.EPERM):  # may be a read as well as a write
+        lines = [
+            f"Access to {filename or folder} was denied while {phase_doing(phase)}: {cause} "
+            f"({name}).",
+            "Give yourself access to it, or set [output] dir to a folder you can write to.",
+        ]
+    else:
+        lines = [f"Writing to {where} failed while {phase_doing(phase)}: {cause} ({name})."]
     if code in (errno.ENOSPC, errno.EDQUOT):
         lines.append("Free some space on that disk, or set [output] dir to a disk with room.")
     elif code == errno.EROFS:
         lines.append("Set [output] dir to a folder on a writable disk.")
-    else:
-        lines.append("Make that folder writable for you, or set [output] dir to one that is.")
     if kept:
         lines.append(f"The checkpoint {kept} is kept: run again with --resume to continue from it.")
     return " ".join(lines)

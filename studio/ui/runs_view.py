@@ -178,7 +178,8 @@ class RunsView(QWidget):
         self.splitter = QSplitter(Qt.Orientation.Vertical, objectName="runsSplitter")
         self.splitter.addWidget(top)
         self.splitter.addWidget(self.compare)
-        self.splitter.setSizes([2, 3])
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 3)
         layout = QVBoxLayout(self)
         layout.addWidget(self.splitter)
 
@@ -479,6 +480,7 @@ class CompareView(QWidget):
         self.summary.setWordWrap(True)
         self.diff_table = QTableWidget(objectName="recipeDiffTable")
         self.diff_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.diff_table.verticalHeader().setVisible(False)
         self.diff_table.horizontalHeader().setStretchLastSection(True)
         self.loss_plot = self.memory_plot = None
         self._plots = QSplitter(Qt.Orientation.Horizontal, objectName="comparePlots")
@@ -489,11 +491,10 @@ class CompareView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
-        body = QSplitter(Qt.Orientation.Vertical)
-        body.addWidget(self._plots)
-        body.addWidget(self.diff_table)
-        body.setSizes([3, 1])
-        layout.addWidget(body, 1)
+        self._plots.setMinimumHeight(240)
+        self.diff_table.setMaximumHeight(180)
+        layout.addWidget(self._plots, 3)
+        layout.addWidget(self.diff_table, 1)
         self.x_combo.currentIndexChanged.connect(lambda _i: self._draw())
 
     @property
@@ -518,7 +519,8 @@ class CompareView(QWidget):
             plot.setObjectName(name)
             plot.showGrid(x=True, y=True, alpha=0.25)
             plot.setLabel("left", ylabel)
-            plot.addLegend(offset=(-10, 10))
+            # Memory rises over a run: its legend goes bottom right, out of the curves' way.
+            plot.addLegend(offset=(-10, -10) if attr == "memory_plot" else (-10, 10))
             setattr(self, attr, plot)
             self._plots.addWidget(plot)
         self.memory_plot.setLabel("bottom", "time (seconds)")
@@ -590,15 +592,21 @@ class CompareView(QWidget):
                 drawn["memory"] = (mx, ys)
             if run.estimate_bytes:
                 estimate = run.estimate_bytes / GIB
-                line = pg.InfiniteLine(
-                    pos=estimate,
-                    angle=0,
+                span = [mx[0], mx[-1]] if mx else [0.0, 1.0]
+                self.memory_plot.plot(
+                    span,
+                    [estimate, estimate],
                     pen=pg.mkPen(colour, width=1.5, style=Qt.PenStyle.DashLine),
-                    label=f"{run.name} estimate {format_bytes(run.estimate_bytes)}",
-                    labelOpts={"position": 0.05 + 0.2 * index, "color": colour},
+                    name=f"{run.name} estimate {format_bytes(run.estimate_bytes)}",
                 )
-                self.memory_plot.addItem(line)
                 drawn["estimate"] = estimate
+        top = max(
+            [max(d["memory"][1]) for d in self.drawn.values() if d.get("memory")]
+            + [d["estimate"] for d in self.drawn.values() if "estimate" in d]
+            + [0.0]
+        )
+        if top > 0:  # memory from zero, as in the bundle's vram.png
+            self.memory_plot.setYRange(0, top * 1.08, padding=0)
         longest = max((d["memory"][0][-1] for d in self.drawn.values() if "memory" in d), default=0)
         self._set_bottom_axis(self.memory_plot, "time", clock=longest >= CLOCK_FROM_S)
         self.memory_plot.setLabel(
@@ -610,7 +618,7 @@ class CompareView(QWidget):
         self._fill_diff(recipe_diff([r.recipe for r in self.runs]))
         count = self.diff_table.rowCount()
         text = f"{len(self.runs)} runs; " + (
-            f"{count} recipe key{'s' if count != 1 else ''} differ."
+            f"{count} recipe key{'s differ' if count != 1 else ' differs'}."
             if count
             else "their recipes are the same (apart from the output folder)."
         )

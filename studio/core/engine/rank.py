@@ -361,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    # Before torch is imported, as in a one-process engine: a repeatable peak.
+    from studio.core.engine.allocator import configure_allocator
 
+    configure_allocator()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     if hasattr(signal, "SIGUSR1"):
@@ -398,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     source = _ChannelControl(conn) if rank == 0 else None
     control = SyncedControl(source, group, rank)
+    recorder = None
+    if rank == 0:  # the run library records the run once, from process 0 (as run_job does)
+        from studio.core.runs import RunRecorder
+
+        recorder = emit = RunRecorder(recipe, resume=args.resume, send=emit)
     job = DistributedJob(
         recipe,
         resume=args.resume,
@@ -408,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         rank=rank,
         world_size=world_size,
     )
+    if recorder is not None:
+        recorder.job = job
     result = job.run()
     if conn is not None:
         with contextlib.suppress(OSError):

@@ -29,6 +29,14 @@ def _no_fake_gpus(monkeypatch):
     monkeypatch.delenv("QLORA_STUDIO_FAKE_GPUS", raising=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_runs_root(tmp_path_factory):
+    """Runs trained by module- or session-scoped fixtures are recorded here, not in ~."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QLORA_STUDIO_RUNS_ROOT", str(tmp_path_factory.mktemp("runs-root")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_runs_root(tmp_path, monkeypatch):
     """The run library (studio.core.runs) of each test is its own, never ~/qlora-studio."""

@@ -163,7 +163,7 @@ def _read_json_lines(path: Path, text: str) -> RawRecords:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            bad.append((number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            bad.append((number, f"not valid JSON ({_json_reason(exc)})"))
             continue
         if not isinstance(value, dict):
             bad.append((number, f"a JSON {_kind(value)}, not an object with named fields"))
@@ -209,7 +209,7 @@ def _read_json_array(path: Path, text: str) -> RawRecords:
     except json.JSONDecodeError as exc:
         raise DatasetError(
             path,
-            f"not valid JSON ({exc.msg} at column {exc.colno}); fix the file",
+            f"not valid JSON ({_json_reason(exc)}); fix the file",
             line=exc.lineno,
             unit="line",
         ) from exc
@@ -489,3 +489,9 @@ def _more(count: int, where: list[int], unit: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _json_reason(exc) -> str:
+    """``Unterminated string starting at column 12`` (json's own message ends in "at" for some
+    errors, which would read "at at column")."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"

@@ -98,6 +98,8 @@ def inactive_fields(recipe: Recipe) -> dict[str, str]:
             "only used when the base is quantized (mode is none: nothing is prepared for "
             "k-bit training)"
         )
+    elif quant.compute_dtype == "float32":
+        found["quantization.fp32_upcast"] = "the compute dtype is float32 already"
     if recipe.training.max_steps > 0:
         found["training.epochs"] = "only used when max_steps is -1"
     if recipe.dataset.validation_split == 0:
@@ -230,6 +232,9 @@ class Session:
             reasons.append(self.recipe_problem)
         if self.dataset.state is LoadState.FAILED:
             reasons.append(f"The dataset cannot be used: {self.dataset.message}")
+        elif model.state is LoadState.READY and self.dataset.state is not LoadState.READY:
+            # Its preview reads every line: the run must not start on a file nobody checked.
+            reasons.append("Checking the dataset…")
         return tuple(reasons)
 
     def job_started(self, *, resumed: bool) -> None:
@@ -277,7 +282,7 @@ class Session:
             if self.job is not JobState.STOPPING:
                 self.job = JobState.RUNNING
         elif isinstance(event, TERMINAL_EVENTS):
-            done = 1.0 if isinstance(event, Finished) else run.progress
+            done = 1.0 if isinstance(event, Finished) else (run.progress or 0.0)
             self.run = replace(run, outcome=event, progress=done, message="")
             if isinstance(event, Finished):
                 self.measured_peak = event.peak_bytes
@@ -298,6 +303,9 @@ class Session:
             self.model = ModelStatus(source=recipe.model.source)
         if old is not None and recipe.dataset != old.dataset:
             self.dataset = DatasetStatus()
+        if old is not None and self.job is JobState.IDLE:
+            # The measured peak belongs to the run's recipe, not to this edited one.
+            self.measured_peak = None
         self._recompute_estimate()
 
     def _model_changed(self, model: ModelStatus, old: ModelStatus) -> None:

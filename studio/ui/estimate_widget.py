@@ -37,7 +37,8 @@ VERDICTS = {
 
 
 def term_colors(terms) -> dict[str, QColor]:
-    """A stable color per term key: the group's hue, a shade per term in order."""
+    """A stable color per term key: the group's hue, a shade per term in the estimator's own
+    (fixed) order, so a term keeps its color when the sizes change."""
     used: dict[str, int] = {}
     colors = {}
     for term in terms:
@@ -94,7 +95,7 @@ class EstimateBar(QWidget):
             p.end()
             return
         scale = bar.width() / self._scale()
-        colors = term_colors(self.estimate.largest_first())
+        colors = term_colors(self.estimate.terms)
         x = bar.left()
         for term in self.estimate.largest_first():
             if term.bytes <= 0:
@@ -114,9 +115,12 @@ class EstimateBar(QWidget):
             p.drawLine(int(cx), 0, int(cx), int(bar.bottom()) + 2)
             p.setPen(self.palette().text().color())
             label = f"capacity {format_bytes(cap)}"
+            room = p.fontMetrics().horizontalAdvance(label) + 4
+            left = cx - room >= bar.left()
             p.drawText(
-                QRectF(cx - 160, bar.bottom() + 1, 158, 15),
-                Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                QRectF(cx - room if left else cx + 3, bar.bottom() + 1, room, 15),
+                (Qt.AlignmentFlag.AlignRight if left else Qt.AlignmentFlag.AlignLeft)
+                | Qt.AlignmentFlag.AlignVCenter,
                 label,
             )
         if self.measured_peak:
@@ -243,7 +247,7 @@ class EstimatePanel(QGroupBox):
         if est is None:
             return
         terms = [t for t in est.largest_first() if t.bytes > 0]
-        colors = term_colors(est.largest_first())
+        colors = term_colors(est.terms)
         for i, term in enumerate(terms):
             label = QLabel(
                 f'<span style="color:{colors[term.key].name()}">■</span> '

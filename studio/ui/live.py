@@ -43,6 +43,7 @@ class LiveView(QObject):
         self.hardware = hardware
         self.monitor = None
         self._job_start = time.monotonic()
+        self._logged_phase = None
         controller.eventReceived.connect(self._on_event)
         connect_while_alive(self, session.events.device, self._device_changed)
         connect_while_alive(self, session.events.estimate, self._show_reference_lines)
@@ -59,6 +60,7 @@ class LiveView(QObject):
     def _job_changed(self, state, old) -> None:
         if state.active and not old.active:  # a job started
             self._job_start = time.monotonic()
+            self._logged_phase = None
             if not self.session.run.resumed:
                 self.loss_plot.clear()
                 self.lr_plot.clear()
@@ -81,7 +83,9 @@ class LiveView(QObject):
             self.loss_plot.add_eval(ev.step, ev.eval_loss)
             self.log.appendPlainText(f"step {ev.step}: eval loss {ev.eval_loss:.4f}")
         elif isinstance(ev, PhaseChanged):
-            self.log.appendPlainText(phase_line(ev.phase, ev.message))
+            if ev.phase != self._logged_phase:  # progress within a phase is the run bar's
+                self._logged_phase = ev.phase
+                self.log.appendPlainText(phase_line(ev.phase, ev.message))
         elif isinstance(ev, CheckpointSaved):
             self.log.appendPlainText(f"step {ev.step}: checkpoint saved to {ev.path}")
         elif isinstance(ev, Paused):

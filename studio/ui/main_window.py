@@ -126,7 +126,7 @@ class MainWindow(QMainWindow):
         self.recipes = RecipeFlow(self, session)
         self.bundles = BundleFlow(self, session, on_opened=self._bundle_opened)
         self.runs_view = RunsView(self)
-        column = self._lay_out()
+        self._lay_out()
         build_menus(self)
         self.statusBar().showMessage("Ready.")
         self.run_bar.start.clicked.connect(lambda: self.jobs.start())
@@ -134,14 +134,23 @@ class MainWindow(QMainWindow):
         self.run_bar.stop.clicked.connect(lambda: self.jobs.stop())
         self.run_bar.save.clicked.connect(lambda: self.bundles.save())
         self.controller.jobEnded.connect(self._job_ended)
-        # The running job has its own copy of the recipe: edits would not reach it.
-        session.events.job.connect(lambda state: column.setEnabled(not state.active))
+        # The running job has its own copy of the recipe: edits would not reach it. (The
+        # hardware panel's live readings stay lit; only its device choice is locked.)
+        editors = (self.model_panel, self.quant, self.training, self.dataset, self.hardware.combo)
+
+        def lock(state, old) -> None:
+            for editor in editors:
+                editor.setEnabled(not state.active)
+            if state.active and not old.active:
+                self.statusBar().clearMessage()  # the last job's outcome
+
+        session.events.job.connect(lock)
         if restore:
             self._restore_layout()
         self.live.build_plots()
 
     # ----- layout ---------------------------------------------------------------------
-    def _lay_out(self) -> QWidget:
+    def _lay_out(self) -> None:
         column = QWidget(objectName="settingsColumn")
         layout = QVBoxLayout(column)
         for w in (self.hardware, self.model_panel, self.quant, self.training, self.dataset):
@@ -154,10 +163,14 @@ class MainWindow(QMainWindow):
         scroll.setMinimumWidth(340)
         self.settings_column = column
 
+        # Loss on top; learning rate and memory side by side below, so each plot keeps a
+        # readable height on a 768-pixel screen.
         plots = QSplitter(Qt.Orientation.Vertical, objectName="plotSplitter")
-        for plot in (self.loss_plot, self.lr_plot, self.vram_plot):
-            plots.addWidget(plot.widget)
-        plots.setSizes([3, 2, 3])
+        plots.addWidget(self.loss_plot.widget)
+        lower = QSplitter(Qt.Orientation.Horizontal, objectName="lowerPlotSplitter")
+        lower.addWidget(self.lr_plot.widget)
+        lower.addWidget(self.vram_plot.widget)
+        plots.addWidget(lower)
         self.tabs = QTabWidget(objectName="mainTabs")
         self.tabs.addTab(plots, "Training")
         self.tabs.addTab(self.dataset.preview_widget, "Dataset preview")
@@ -177,7 +190,6 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.splitter)
         width = self.width()
         self.splitter.setSizes([min(460, width // 3), width - min(460, width // 3)])
-        return column
 
     def _start_size(self) -> tuple[int, int]:
         """The default size, shrunk to fit the screen (a 1366×768 laptop included)."""

@@ -25,7 +25,7 @@ def build_menus(window) -> None:
     file.addSeparator()
     add(file, "Open &bundle…", window.bundles.open, None, "openBundleAction")
     bundle_actions = (
-        add(file, "Save b&undle as…", window.bundles.save, None, "saveBundleAction"),
+        add(file, "Save b&undle…", window.bundles.save, None, "saveBundleAction"),
         add(file, "&Export bundle…", window.bundles.export, None, "exportBundleAction"),
     )
 

@@ -94,6 +94,7 @@ class RunBar(QWidget):
             session.events.bundle,
         ):
             connect_while_alive(self, signal, self._show_buttons)
+            connect_while_alive(self, signal, self._show_run)
         connect_while_alive(self, session.events.run, self._show_run)
         connect_while_alive(self, session.events.job, self._show_run)
         self._show_buttons()
@@ -139,7 +140,7 @@ class RunBar(QWidget):
         elif run.phase is not None:
             self.phase.setText(phase_line(run.phase, run.message))
         else:
-            self.phase.setText("Ready.")
+            self.phase.setText("" if self.session.start_blockers() else "Ready.")
         step = run.last_step
         if step is not None and run.outcome is None:
             total = step.max_steps if step.max_steps and step.max_steps > 0 else None

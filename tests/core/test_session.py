@@ -85,12 +85,15 @@ def test_a_dataset_error_blocks_start_until_the_dataset_changes(shape_of):
     resolved, shape = shape_of()
     session.edit("model.source", str(resolved.path))
     session.model_ready(str(resolved.path), resolved, shape)
-    assert session.start_blockers() == ()
+    assert session.start_blockers() == ("Checking the dataset…",), "unchecked data blocks"
     key = session.dataset_key()
+    session.dataset_ready(key, preview=object())
+    assert session.start_blockers() == ()
     session.dataset_failed(key, "data.jsonl line 3: not JSON")
     assert any("line 3" in reason for reason in session.start_blockers())
     session.edit("dataset.max_length", 128)
-    assert session.dataset.state is LoadState.EMPTY and session.start_blockers() == ()
+    assert session.dataset.state is LoadState.EMPTY
+    assert session.start_blockers() == ("Checking the dataset…",)
 
 
 def test_the_advice_applies_as_recipe_changes(shape_of):

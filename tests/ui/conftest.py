@@ -89,10 +89,11 @@ def choose(qtbot, window, name: str, data) -> None:
         qtbot.keyClick(combo, key)
 
 
-def click(qtbot, window, name: str) -> None:
+def click(qtbot, window, name: str, timeout: int = 120_000) -> None:
+    """Click the button ``name`` once it is enabled (Start waits for the dataset check)."""
     button = window.findChild(QAbstractButton, name)
     assert button is not None, name
-    assert button.isEnabled(), f"{name} is disabled: {button.toolTip()}"
+    qtbot.waitUntil(button.isEnabled, timeout=timeout)
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
 

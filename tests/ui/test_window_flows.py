@@ -122,7 +122,7 @@ def test_start_is_disabled_with_the_reason_for_a_model_that_cannot_be_read(
     line = window.vram_plot.lines["estimate"]
     assert line.isVisible()
     start = window.findChild(QPushButton, "startButton")
-    assert start.isEnabled()
+    qtbot.waitUntil(start.isEnabled, timeout=120_000)  # once the dataset is checked
     missing = tmp_path / "no-such-model"
     use_model(qtbot, window, str(missing))
     assert not start.isEnabled()
@@ -133,7 +133,8 @@ def test_start_is_disabled_with_the_reason_for_a_model_that_cannot_be_read(
     assert not line.isVisible(), "no stale estimate line on the memory plot"
     # Back to a good model: everything follows.
     wait_for_shape(qtbot, window, str(tiny_models["llama"]))
-    assert start.isEnabled() and not reason.isVisible() and line.isVisible()
+    qtbot.waitUntil(start.isEnabled, timeout=120_000)
+    assert not reason.isVisible() and line.isVisible()
 
 
 def test_start_is_disabled_for_a_dataset_the_window_flagged(
@@ -215,13 +216,14 @@ def test_lora_targets_the_model_lacks_block_start_naming_the_modules_it_has(
 ):
     window = make_window()
     wait_for_shape(qtbot, window, str(tiny_models["llama"]))
-    type_into(qtbot, window, "loraTargetsEdit", "nonexistent_proj")
     start = window.findChild(QPushButton, "startButton")
+    qtbot.waitUntil(start.isEnabled, timeout=120_000)
+    type_into(qtbot, window, "loraTargetsEdit", "nonexistent_proj")
     assert not start.isEnabled()
     reason = window.findChild(QLabel, "startBlockedLabel").text()
     assert "nonexistent_proj" in reason and "q_proj" in reason, reason
     type_into(qtbot, window, "loraTargetsEdit", "q_proj, v_proj")
-    assert start.isEnabled()
+    qtbot.waitUntil(start.isEnabled, timeout=120_000)
 
 
 HOLD_LOCK = """
@@ -265,3 +267,25 @@ def test_start_on_an_output_folder_another_run_holds_says_who_holds_it(
     finally:
         holder.stdin.close()
         holder.wait(30)
+
+
+def test_start_right_after_typing_a_path_without_enter_waits_for_its_check(
+    make_window, qtbot, tiny_models, tmp_path
+):
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QLineEdit
+
+    window = make_window()
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    start = window.findChild(QPushButton, "startButton")
+    qtbot.waitUntil(start.isEnabled, timeout=120_000)
+    edit = window.findChild(QLineEdit, "datasetPathEdit")
+    edit.setFocus()
+    edit.selectAll()
+    qtbot.keyClicks(edit, str(tmp_path / "missing.jsonl"))  # no Enter
+    qtbot.mouseClick(start, Qt.MouseButton.LeftButton)  # focus leaves the edit: it commits
+    assert window.session.recipe.dataset.path == str(tmp_path / "missing.jsonl")
+    assert not window.controller.is_active, "nothing starts on a file nobody checked"
+    error = window.findChild(QLabel, "datasetErrorLabel")
+    qtbot.waitUntil(error.isVisible, timeout=120_000)
+    assert "missing.jsonl" in error.text() and not start.isEnabled()

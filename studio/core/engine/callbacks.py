@@ -14,7 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from studio.core.events import CheckpointSaved, EvalLogged, Paused, Resumed, StepLogged
+from studio.core.events import (
+    CheckpointSaved,
+    EvalLogged,
+    Paused,
+    PhaseChanged,
+    Resumed,
+    StepLogged,
+)
+from studio.core.phases import Phase
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -95,6 +103,24 @@ def _make_callback_class():
             return control
 
         # -- reporting ---------------------------------------------------------------------
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            # An evaluation can take longer than many steps on a CPU: say so as it goes.
+            self._eval_batches = getattr(self, "_eval_batches", 0) + 1
+            try:
+                total = len(eval_dataloader) if eval_dataloader is not None else None
+            except TypeError:
+                total = None
+            done = self._eval_batches
+            what = (
+                f"evaluating on the held-out split ({done}/{total} batches)"
+                if total
+                else (f"evaluating on the held-out split ({done} batches)")
+            )
+            self.emit(PhaseChanged(Phase.TRAINING, what, done / total if total else None))
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self._eval_batches = 0
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             if "loss" in logs:

@@ -209,7 +209,9 @@ class ExportDialog(QDialog):
         self._say("starting the export")
         process = QProcess(self)
         process.setProgram(sys.executable)
-        process.setArguments(["-m", "studio", *self.command()])
+        # A PyInstaller build's executable is the program itself; else run the package.
+        prefix = [] if getattr(sys, "frozen", False) else ["-m", "studio"]
+        process.setArguments([*prefix, *self.command()])
         process.readyReadStandardOutput.connect(self._read_stdout)
         process.readyReadStandardError.connect(self._read_stderr)
         process.finished.connect(self._finished)

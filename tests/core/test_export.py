@@ -244,7 +244,17 @@ def test_builtin_model_exports_keep_the_sign_off(sample_bundle, tmp_path):
     del model
 
     out = tmp_path / "gguf"
-    export_cli(sample_bundle, "--to", "gguf", "--gguf-type", "q8_0", "--out", out)
+    export_cli(
+        sample_bundle,
+        "--to",
+        "gguf",
+        "--gguf-type",
+        "q8_0",
+        "--merge-into",
+        "dequantized",
+        "--out",
+        out,
+    )
     gguf = out / "gguf.q8_0.gguf"
     assert (
         'SYSTEM """You are a helpful AI assistant named SmolLM' in (out / "Modelfile").read_text()

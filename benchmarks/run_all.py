@@ -27,6 +27,7 @@ BENCHMARKS = {
     "engine_overhead": ("engine_overhead.py", ["--steps", "16", "--rounds", "4"], {}),
     "gui_responsiveness": ("gui_responsiveness.py", ["--steps", "8"], QT_OFFSCREEN),
     "sample_dataset_learning": ("sample_dataset_learning.py", [], {}),
+    "distributed": ("distributed.py", ["--steps", "10", "--rounds", "2"], {}),
     "export": ("export.py", [], {}),
 }
 

@@ -118,6 +118,11 @@ def test_two_processes_match_one_at_the_same_global_batch(tiny_models, tmp_path)
     for key in weights_one:
         assert torch.allclose(weights_one[key], weights_two[key], rtol=1e-3, atol=1e-5), key
     assert info.steps == 6 and info.recipe.distributed.num_processes == 2
+    # The run library records the run once, from process 0.
+    from studio.core.runs import FINISHED, read_status
+
+    status = read_status(tmp_path / "bundle-2")
+    assert status["state"] == FINISHED and status["step"] == 6
     measured = info.manifest["measured_peak"]
     assert len(measured["per_process_bytes"]) == 2
     assert measured["bytes"] == max(measured["per_process_bytes"])

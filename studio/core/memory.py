@@ -75,6 +75,25 @@ class Coefficients:
     cublas_workspace_bytes: int = 32 * MIB
     allocator_fraction: float = 0.08  # caching-allocator rounding and fragmentation
     tight_fraction: float = 0.90  # above this share of capacity: "tight"
+    # --- CPU only (measured on the CPU, which trains without autocast; they do not apply to
+    # CUDA, whose terms above still need a GPU calibration). Per decoder layer and token, in
+    # bytes, from the tensors autograd saves (torch.autograd.graph.saved_tensors_hooks on the
+    # built-in SmolLM2-135M and a Qwen2 layer, exact for both; docs/memory-estimator.md):
+    cpu_lora_input_fp32: float = 4.0  # each LoRA linear's input copied to fp32 (LoRA's dtype)
+    cpu_dropout_input_fp32: float = 4.0  # each LoRA linear's dropped input, fp32
+    cpu_dropout_upcast_per_h: float = 16.0  # with the upcast, dropout unshares 4 fp32 h copies
+    cpu_upcast_flat_copies_h: float = 2.0  # with the upcast: 2 fp32 h-wide copies (2-D inputs)
+    cpu_upcast_flat_copies_i: float = 1.0  # ... and 1 fp32 MLP-wide one (down's input)
+    cpu_norm_fp32_per_h: float = 8.0  # two RMSNorms, each keeps an fp32 copy (4 bytes each)
+    cpu_attention_per_h: float = 2.0  # q and the attention output, residual dtype
+    cpu_attention_per_kv: float = 2.0  # k and v (not repeated for GQA), residual dtype
+    cpu_mlp_extra_outputs: float = 1.0  # MLP-wide tensors: each MLP-wide output + the product
+    # The engine process's resident memory besides tensors once a run is under way, on top of
+    # cpu_runtime_bytes: the tokenizer, the tokenized dataset, the Trainer and optimizer
+    # modules, thread pools, malloc's small-object heap. The median of (exact peak - estimate)
+    # over the Qwen2 runs of benchmarks/whole_run_accuracy.py (60-102 MiB), with the engine's
+    # allocator settings (engine/allocator.py); the built-in model's runs check it.
+    cpu_run_overhead_bytes: int = 86 * MIB
 
 
 COEFFICIENTS = Coefficients()
@@ -340,6 +359,48 @@ def _layer_linears(shape: ModelShape) -> list[LinearShape]:
     return []
 
 
+def _cpu_layer_bytes(
+    shape: ModelShape, recipe: Recipe, resid: int, targets, inter_outputs
+) -> float:
+    """Bytes one decoder layer saves for backward per token on the CPU (no autocast).
+
+    Measured with ``saved_tensors_hooks`` (docs/memory-estimator.md has the tensor list):
+    - LoRA inputs: without the upcast every wrapped linear keeps its own fp32 copy of its
+      input (LoRA weights are fp32); with it the inputs are fp32 already, and only the 2-D
+      copies of the attention and o_proj inputs (h wide) and down's input (MLP wide) remain;
+    - LoRA dropout > 0: each wrapped linear's dropped input in fp32 (never the residual
+      dtype), and with the upcast 4 more h-wide fp32 tensors that no longer share storage;
+    - the two norms keep an fp32 copy each, upcast or not;
+    - attention: q and its output h wide, k and v kv wide (GQA not repeated), residual dtype,
+      plus the fp32 log-sum-exp per head;
+    - the MLP-wide outputs (gate, up) plus act(gate) in the residual dtype (bitsandbytes
+      returns its input's dtype); LoRA's rank-wide A outputs in fp32.
+    """
+    co = COEFFICIENTS
+    h, i = shape.hidden_size, shape.intermediate_size
+    kv = shape.num_kv_heads * (shape.head_dim or (h // max(shape.num_attention_heads, 1)))
+    q_width = shape.num_attention_heads * (
+        shape.head_dim or (h // max(shape.num_attention_heads, 1))
+    )
+    wrapped_in = sum(x.in_features for x in targets)
+    upcast = resid == 4
+    if upcast:
+        lora_in = (co.cpu_upcast_flat_copies_h * h + co.cpu_upcast_flat_copies_i * i) * 4
+        lora_in = min(lora_in, co.cpu_lora_input_fp32 * wrapped_in) if targets else 0.0
+    else:
+        lora_in = co.cpu_lora_input_fp32 * wrapped_in
+    total = lora_in + co.cpu_norm_fp32_per_h * h
+    total += (co.cpu_attention_per_h * q_width + co.cpu_attention_per_kv * kv) * resid
+    total += 4 * shape.num_attention_heads + 8  # log-sum-exp per head; the norms' rsqrt
+    total += (len(inter_outputs) + co.cpu_mlp_extra_outputs) * i * resid if inter_outputs else 0
+    total += 4 * recipe.lora.r * len(targets)
+    if recipe.lora.dropout > 0 and targets:
+        total += co.cpu_dropout_input_fp32 * wrapped_in
+        if upcast:
+            total += co.cpu_dropout_upcast_per_h * h
+    return total
+
+
 def estimate(shape: ModelShape, recipe: Recipe, device, *, _advise: bool = True) -> MemoryEstimate:
     """The memory breakdown of training ``recipe`` on ``shape`` on ``device`` (a DeviceTarget).
 
@@ -400,14 +461,19 @@ def estimate(shape: ModelShape, recipe: Recipe, device, *, _advise: bool = True)
     kv = shape.num_kv_heads * (shape.head_dim or (h // max(shape.num_attention_heads, 1)))
     layer_lins = _layer_linears(shape)
     inter_outputs = [x for x in layer_lins if x.out_features == shape.intermediate_size]
-    per_token_layer = (
-        co.act_residual_per_h * h + co.act_residual_per_kv * kv
-    ) * resid + co.act_per_intermediate_output * len(inter_outputs) * shape.intermediate_size * c
     layer_targets = [x for x in targets if x in layer_lins] if layer_lins else []
-    per_token_layer += sum(lora.r for _ in layer_targets) * resid
-    if lora.dropout > 0:
-        # each wrapped linear keeps its own dropped input and a boolean mask
-        per_token_layer += sum(x.in_features for x in layer_targets) * (resid + 1)
+    if device.kind == "cpu":
+        per_token_layer = _cpu_layer_bytes(shape, recipe, resid, layer_targets, inter_outputs)
+    else:
+        per_token_layer = (
+            co.act_residual_per_h * h + co.act_residual_per_kv * kv
+        ) * resid + co.act_per_intermediate_output * len(
+            inter_outputs
+        ) * shape.intermediate_size * c
+        per_token_layer += sum(lora.r for _ in layer_targets) * resid
+        if lora.dropout > 0:
+            # each wrapped linear keeps its own dropped input and a boolean mask
+            per_token_layer += sum(x.in_features for x in layer_targets) * (resid + 1)
     if t.gradient_checkpointing:
         saved = tokens * (layers * co.checkpoint_per_h + co.checkpoint_extra_layers) * h * resid
         act_note = f"checkpoints: one {resid}-byte residual per layer per token"
@@ -468,9 +534,10 @@ def estimate(shape: ModelShape, recipe: Recipe, device, *, _advise: bool = True)
             Term(
                 "cpu_runtime",
                 "Python and libraries",
-                co.cpu_runtime_bytes,
+                co.cpu_runtime_bytes + co.cpu_run_overhead_bytes,
                 "fixed",
-                "the engine process's Python, PyTorch and training libraries, before any model",
+                "the engine process's Python, PyTorch and training libraries, tokenizer, "
+                "dataset and Trainer",
             )
         )
     if recipe.distributed.num_processes > 1:  # one GPU's share (studio.core.scaling)

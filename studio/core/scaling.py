@@ -234,17 +234,14 @@ def inactive_distributed_fields(recipe: Recipe) -> dict[str, str]:
 
 def distributed_start_problem(recipe: Recipe, device, gpu_count: int | None = None) -> str:
     """Why ``recipe``'s ``[distributed]`` section cannot start on ``device`` (a
-    `quant.DeviceTarget`) with ``gpu_count`` GPUs found on this machine; "" when it can."""
+    `quant.DeviceTarget`) with ``gpu_count`` GPUs found on this machine; "" when it can.
+    (The CPU and simulated GPUs run any number of processes, DDP or FSDP.)"""
     d = recipe.distributed
     if not d.launched:
         return ""
     for key, message in d.topology_problems().items():
         return f"distributed.{key}: {message}"
     on_gpu = device is not None and device.torch_device.startswith("cuda")
-    if d.strategy == "fsdp" and not on_gpu:
-        from studio.core.engine.launch import FSDP_ON_CPU
-
-        return f"distributed.strategy: {FSDP_ON_CPU}"
     if on_gpu and gpu_count is not None and d.processes_per_machine > gpu_count:
         return (
             f"distributed.num_processes: {d.processes_per_machine} processes on this machine "

@@ -196,11 +196,14 @@ def test_the_session_shows_the_per_gpu_estimate_with_two_simulated_gpus(llama, m
     assert session.estimate.term("fsdp_shards").bytes > 0
     gpus = len(discover_gpus().gpus)
     assert gpus == 2
-    # Simulated GPUs train on the CPU, where FSDP cannot run: Start is blocked, saying why.
-    problem = distributed_start_problem(session.recipe, session.device, gpus)
-    assert problem.startswith("distributed.strategy:") and "use 'ddp'" in problem
+    # Simulated GPUs train on the CPU, which runs both strategies.
+    assert distributed_start_problem(session.recipe, session.device, gpus) == ""
     session.edit("distributed.strategy", "ddp")
     assert distributed_start_problem(session.recipe, session.device, gpus) == ""
+    session.edit("distributed.num_processes", 3)
+    problem = distributed_start_problem(session.recipe, session.device, gpus)
+    assert problem == ""  # the CPU: processes are not GPUs
+    session.edit("distributed.num_processes", 2)
     inactive = inactive_distributed_fields(session.recipe)
     assert "distributed.cpu_offload" in inactive and "distributed.strategy" not in inactive
     assert "distributed.main_process_ip" in inactive

@@ -1,7 +1,8 @@
 """On a machine with two CUDA GPUs: the same recipe with DDP and with FSDP-QLoRA over two
 processes through accelerate, against one GPU at the same global batch; FSDP stops, resumes
-with one process and finishes; its bundle is the plain PEFT adapter. Skipped otherwise
-(FSDP cannot run on the CPU: accelerate's FSDP plugin refuses without an accelerator)."""
+with one process and finishes; its bundle is the plain PEFT adapter. Skipped otherwise (the
+CPU runs of the same paths are in tests/core/test_distributed.py; these add NCCL, bf16, rank 0
+loading and broadcasting the weights)."""
 
 from __future__ import annotations
 

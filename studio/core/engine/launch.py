@@ -43,13 +43,6 @@ from studio.core.phases import Phase
 from studio.core.recipe import Recipe
 
 RANK_MODULE = "studio.core.engine.rank"
-# What accelerate 1.15 says when FSDP is asked for without an accelerator (its
-# FullyShardedDataParallelPlugin.__post_init__), measured on this project's CPU test machine.
-FSDP_ON_CPU = (
-    "'fsdp' needs GPUs: accelerate's FSDP plugin refuses to start on the CPU (\"There are "
-    "currently no available devices found, must be one of 'XPU', 'CUDA', ...\"); use 'ddp' to "
-    "train with several processes on the CPU"
-)
 LOG_TAIL_LINES = 40
 
 
@@ -96,7 +89,10 @@ def accelerate_arguments(recipe: Recipe, *, on_cpu: bool) -> list[str]:
     if d.strategy == "fsdp":
         # The Hugging Face / Answer.AI FSDP-QLoRA settings: decoder layers as the wrap unit
         # (the model's _no_split_modules), weights loaded on rank 0 only and broadcast, flat
-        # parameters (use_orig_params false), sharded checkpoints.
+        # parameters (use_orig_params false), sharded checkpoints. On the CPU every process
+        # loads the weights itself: accelerate's sync_module_states needs an accelerator
+        # ("There are currently no available devices found, must be one of 'XPU', 'CUDA',
+        # ..." from its FSDP plugin), and the RAM-efficient loading relies on it.
         args += [
             "--use_fsdp",
             "--fsdp_version",
@@ -108,9 +104,9 @@ def accelerate_arguments(recipe: Recipe, *, on_cpu: bool) -> list[str]:
             "--fsdp_backward_prefetch",
             "BACKWARD_PRE",
             "--fsdp_cpu_ram_efficient_loading",
-            "true",
+            "false" if on_cpu else "true",
             "--fsdp_sync_module_states",
-            "true",
+            "false" if on_cpu else "true",
             "--fsdp_use_orig_params",
             "false",
             "--fsdp_offload_params",
@@ -290,10 +286,6 @@ class _Launch:
         check_topology(self.recipe)
         self._resolve_model_once()
         on_cpu = runs_on_cpu(self.recipe)
-        if on_cpu and d.strategy == "fsdp":
-            from studio.core.recipe import RecipeError
-
-            raise RecipeError("distributed.strategy", FSDP_ON_CPU)
         workdir = Path(tempfile.mkdtemp(prefix="qlora-studio-launch-"))
         recipe_file = save_recipe(self.recipe, workdir / "recipe.toml")
         key = os.urandom(16)

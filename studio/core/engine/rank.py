@@ -280,9 +280,15 @@ def _full_state_dict(trainer) -> dict | None:
 
     wrapped = trainer.model_wrapped
     config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-    with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, config):
-        state = wrapped.state_dict()
-    return state or None
+    # Set, not the state_dict_type context: training is over, and restoring the settings
+    # accelerate made fails in torch 2.13 (their recorded type is None: KeyError on exit).
+    FSDP.set_state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, config)
+    state = wrapped.state_dict()
+    if not state:
+        return None
+    # The Trainer's wrapper names everything "module.<name>"; PEFT wants the model's names.
+    prefix = "module."
+    return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
 class _GatheredAdapter:

@@ -540,6 +540,21 @@ def estimate(shape: ModelShape, recipe: Recipe, device, *, _advise: bool = True)
                 "dataset and Trainer",
             )
         )
+        q = recipe.quantization
+        if q.mode != "none" and not q.fp32_upcast and dtype != "float32":
+            # Without the upcast the embeddings, norms and lm_head stay views of the memory-
+            # mapped checkpoint (stored in the compute dtype), so the file's pages that loading
+            # read, the quantized linears' 16-bit source included, stay resident.
+            terms.append(
+                Term(
+                    "cpu_file_pages",
+                    "Mapped checkpoint pages",
+                    shape.quantizable_params * c,
+                    "fixed",
+                    "the checkpoint's 16-bit linears, read while quantizing and kept mapped "
+                    "while the non-quantized weights are views of the file (no fp32 upcast)",
+                )
+            )
     if recipe.distributed.num_processes > 1:  # one GPU's share (studio.core.scaling)
         from studio.core.scaling import per_process_terms
 

@@ -491,3 +491,20 @@ def test_only_gradient_checkpointing_recomputes_a_layer(tiny_models):
     assert on.term("recompute").size_bytes > 0
     assert off.term("recompute").size_bytes == 0
     assert off.term("activations").bytes > on.term("activations").bytes
+
+
+def test_mapped_checkpoint_pages_count_on_the_cpu_without_the_upcast(tiny_models):
+    # Without the upcast the non-quantized weights stay views of the mapped checkpoint, so the
+    # file's pages stay resident (measured on the CPU: benchmarks/whole_run_accuracy.py).
+    shape = read_shape(tiny_models["llama"])
+    base = Recipe().with_changes(quantization={"compute_dtype": "bfloat16"})
+
+    def keys(recipe, device=CPU):
+        return {t.key for t in estimate(shape, recipe, device).terms}
+
+    off = base.with_changes(quantization={"fp32_upcast": False})
+    assert "cpu_file_pages" not in keys(base)
+    assert "cpu_file_pages" in keys(off)
+    assert estimate(shape, off, CPU).term("cpu_file_pages").bytes == 2 * shape.quantizable_params
+    assert "cpu_file_pages" not in keys(off.with_changes(quantization={"compute_dtype": "float32"}))
+    assert "cpu_file_pages" not in keys(off, _gpu(80 * GIB))  # host pages: not GPU memory

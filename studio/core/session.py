@@ -104,6 +104,9 @@ def inactive_fields(recipe: Recipe) -> dict[str, str]:
         found["training.epochs"] = "only used when max_steps is -1"
     if recipe.dataset.validation_split == 0:
         found["training.eval_steps"] = "no evaluation: dataset.validation_split is 0"
+    from studio.core.scaling import inactive_distributed_fields
+
+    found.update(inactive_distributed_fields(recipe))
     return found
 
 
@@ -221,6 +224,11 @@ class Session:
             reasons.append("A job is running.")
         if self.device_error:
             reasons.append(self.device_error)
+        from studio.core.scaling import distributed_start_problem
+
+        gpus = len(self.discovery.gpus) if self.discovery is not None else None
+        if problem := distributed_start_problem(self.recipe, self.device, gpus):
+            reasons.append(problem)
         model = self.model
         if model.state is LoadState.FAILED:
             reasons.append(f"The model cannot be used: {model.message}")

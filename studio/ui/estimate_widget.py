@@ -218,7 +218,12 @@ class EstimatePanel(QGroupBox):
             self._fill_legend(None)
         else:
             cap = f" of {format_bytes(est.capacity_bytes)}" if est.capacity_bytes else ""
-            self.total.setText(f"{format_bytes(est.total_bytes)}{cap} on {est.device}")
+            share = (
+                f" per GPU ({est.processes} processes, {est.strategy.upper()})"
+                if est.processes > 1
+                else ""
+            )
+            self.total.setText(f"{format_bytes(est.total_bytes)}{cap}{share} on {est.device}")
             self.total.setToolTip(
                 f"Estimated peak: {est.total_bytes:,} bytes; weights {est.weights_bytes:,} bytes."
             )

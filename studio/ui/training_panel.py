@@ -1,5 +1,6 @@
-"""LoRA and training settings: every key of the recipe's [lora], [training] and [output] that
-a person tunes, each bound to the session through its field metadata (`studio.ui.binding`)."""
+"""LoRA, training and scale settings: every key of the recipe's [lora], [training], [output]
+and [distributed] (one machine) that a person tunes, each bound to the session through its
+field metadata (`studio.ui.binding`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from studio.core.recipe import field_spec
 from studio.ui.binding import field_editor
 
 LORA_KEYS = ("lora.r", "lora.alpha", "lora.dropout", "lora.target_modules")
+DISTRIBUTED_KEYS = (
+    "distributed.num_processes",
+    "distributed.strategy",
+    "distributed.gpus",
+    "distributed.cpu_offload",
+)
 TRAINING_KEYS = (
     "training.max_steps",
     "training.epochs",
@@ -45,7 +52,7 @@ def _form(title: str, session, keys, on_error) -> tuple[QGroupBox, QFormLayout]:
 
 
 class TrainingPanel(QWidget):
-    """Two group boxes, LoRA and Training (with the output folder)."""
+    """Three group boxes: LoRA, Training (with the output folder) and Scale."""
 
     def __init__(self, session, *, on_error=None, parent=None) -> None:
         super().__init__(parent)
@@ -61,10 +68,18 @@ class TrainingPanel(QWidget):
         out_row.addWidget(self.output, 1)
         out_row.addWidget(browse)
         train.addRow(field_spec("output.dir").label, out_row)
+        scale_box, _ = _form("Scale (several GPUs)", session, DISTRIBUTED_KEYS, on_error)
+        scale_box.setObjectName("scaleBox")
+        scale_box.setToolTip(
+            "Run the same recipe on several GPUs through accelerate: DDP copies the model to "
+            "each, FSDP shards it. The estimate is then per GPU. Several machines: see "
+            "docs/cluster.md."
+        )
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(lora_box)
         layout.addWidget(train_box)
+        layout.addWidget(scale_box)
 
     def _browse_output(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Bundle folder", self.session.recipe.output.dir)

@@ -289,3 +289,26 @@ def test_start_right_after_typing_a_path_without_enter_waits_for_its_check(
     error = window.findChild(QLabel, "datasetErrorLabel")
     qtbot.waitUntil(error.isVisible, timeout=120_000)
     assert "missing.jsonl" in error.text() and not start.isEnabled()
+
+
+def test_several_gpus_show_the_per_gpu_estimate(make_window, qtbot, tiny_models, monkeypatch):
+    gpus = [
+        {"name": f"Card {i}", "total_mib": 24576, "free_mib": 24000, "compute_capability": [8, 6]}
+        for i in range(2)
+    ]
+    monkeypatch.setenv("QLORA_STUDIO_FAKE_GPUS", json.dumps(gpus))
+    window = make_window()
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    strategy = window.findChild(object, "distributedStrategyEdit")
+    assert not strategy.isEnabled(), "one process: the strategy has no effect"
+    one = window.session.estimate.total_bytes
+    set_spin(qtbot, window, "distributedNumProcessesEdit", 2)
+    assert strategy.isEnabled()
+    choose(qtbot, window, "distributedStrategyEdit", "ddp")
+    label = window.findChild(QLabel, "estimateTotalLabel")
+    assert "per GPU (2 processes, DDP)" in label.text()
+    ddp = window.session.estimate.total_bytes
+    choose(qtbot, window, "distributedStrategyEdit", "fsdp")
+    assert "FSDP" in label.text()
+    assert window.session.estimate.total_bytes < ddp, "FSDP shards what DDP replicates"
+    assert ddp >= one

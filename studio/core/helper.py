@@ -198,3 +198,11 @@ def chat_pair(bundle: str, prompt: str, max_new_tokens: int, device: str, report
             )
         )
     return tuple(answers)
+
+
+def plan_models(device, recipe, progress):
+    """`studio.core.plan.plan_table` for the window: every catalog model against ``device``."""
+    from studio.core.plan import plan_table
+
+    progress("Estimating every catalog model on this device…", None)
+    return plan_table(device, recipe)

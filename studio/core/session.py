@@ -197,9 +197,15 @@ class Session:
                 source=source, state=LoadState.FAILED, message=message, details=details
             )
 
+    @property
+    def is_plan(self) -> bool:
+        """The model is a plan (config only): it can be estimated, not trained."""
+        return self.model.state is LoadState.READY and getattr(self.model.resolved, "plan", False)
+
     def dataset_key(self):
-        """What the dataset preview depends on: (dataset section, model folder) or None."""
-        if self.model.state is not LoadState.READY:
+        """What the dataset preview depends on: (dataset section, model folder) or None (no
+        model read yet, or a plan, which has no tokenizer)."""
+        if self.model.state is not LoadState.READY or self.is_plan:
             return None
         return (self.recipe.dataset, str(self.model.resolved.path))
 
@@ -236,11 +242,15 @@ class Session:
             reasons.append("Reading the model…")
         elif model.state is LoadState.EMPTY:
             reasons.append("The model has not been read yet.")
+        elif self.is_plan:
+            from studio.core.catalog import not_trainable_message
+
+            reasons.append(not_trainable_message(model.resolved))
         if self.recipe_problem:
             reasons.append(self.recipe_problem)
         if self.dataset.state is LoadState.FAILED:
             reasons.append(f"The dataset cannot be used: {self.dataset.message}")
-        elif model.state is LoadState.READY and self.dataset.state is not LoadState.READY:
+        elif self.dataset_key() is not None and self.dataset.state is not LoadState.READY:
             # Its preview reads every line: the run must not start on a file nobody checked.
             reasons.append("Checking the dataset…")
         return tuple(reasons)

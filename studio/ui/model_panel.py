@@ -32,6 +32,11 @@ class ModelPanel(QGroupBox):
         folder.setToolTip("A model folder in Hugging Face layout (config.json + safetensors).")
         gguf = QPushButton(".gguf…", objectName="modelGgufButton")
         gguf.setToolTip("A single GGUF file; converted once to a cached safetensors folder.")
+        plan = QPushButton("What fits…", objectName="whatFitsButton")
+        plan.setToolTip(
+            "The models people fine-tune (Llama, Mistral, Qwen, Gemma, Phi, SmolLM2), each "
+            "estimated on this device with these settings; pick one to plan with it offline."
+        )
         self.summary = QLabel("Not read yet.", objectName="modelSummaryLabel")
         self.summary.setWordWrap(True)
         self.progress = QProgressBar(objectName="modelProgress")
@@ -43,6 +48,7 @@ class ModelPanel(QGroupBox):
         row.addWidget(builtin)
         row.addWidget(folder)
         row.addWidget(gguf)
+        row.addWidget(plan)
         row.addStretch(1)
         layout = QVBoxLayout(self)
         layout.addWidget(self.edit)
@@ -53,6 +59,7 @@ class ModelPanel(QGroupBox):
         builtin.clicked.connect(lambda: self.choose(BUILTIN_MODEL))
         folder.clicked.connect(self._browse_folder)
         gguf.clicked.connect(self._browse_gguf)
+        plan.clicked.connect(self._what_fits)
         connect_while_alive(self, session.events.model, self._show)
         self._show(session.model)
 
@@ -69,6 +76,12 @@ class ModelPanel(QGroupBox):
         path, _ = QFileDialog.getOpenFileName(self, "Choose a GGUF file", "", "GGUF (*.gguf)")
         if path:
             self.choose(path)
+
+    def _what_fits(self) -> None:
+        from studio.ui.plan_dialog import PlanDialog
+
+        dialog = PlanDialog(self.session, self)
+        dialog.open()
 
     def _show(self, model, _old=None) -> None:
         state = model.state

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import choose, click, set_spin, type_into, use_model, wait_for_shape
-from PySide6.QtCore import QPoint, QPointF
+from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QScrollArea
 
@@ -312,3 +313,34 @@ def test_several_gpus_show_the_per_gpu_estimate(make_window, qtbot, tiny_models,
     assert "FSDP" in label.text()
     assert window.session.estimate.total_bytes < ddp, "FSDP shards what DDP replicates"
     assert ddp >= one
+
+
+@pytest.mark.slow
+def test_what_fits_lists_catalog_models_and_picking_one_plans_with_it(
+    make_window, qtbot, monkeypatch
+):
+    from PySide6.QtWidgets import QDialog
+
+    gpu = [
+        {"name": "RTX 4090", "total_mib": 24564, "free_mib": 24000, "compute_capability": [8, 9]}
+    ]
+    monkeypatch.setenv("QLORA_STUDIO_FAKE_GPUS", json.dumps(gpu))
+    window = make_window()
+    click(qtbot, window, "whatFitsButton")
+    qtbot.waitUntil(lambda: window.findChild(QDialog, "planDialog") is not None)
+    dialog = window.findChild(QDialog, "planDialog")
+    qtbot.waitUntil(lambda: dialog.rows is not None, timeout=600_000)
+    view = dialog.view
+    names = [view.item(row, 0).text() for row in range(view.rowCount())]
+    assert any("70B" in name for name in names) and any("SmolLM2" in name for name in names)
+    row = next(i for i, name in enumerate(names) if "70B" in name)
+    view.setCurrentCell(row, 0)
+    view.setFocus()
+    qtbot.keyClick(view, Qt.Key.Key_Return)  # Enter on the selected row picks it
+    source = window.session.recipe.model.source
+    assert source.startswith("catalog:") and "70b" in source.lower()
+    window.load_model()
+    qtbot.waitUntil(lambda: window.session.estimate is not None, timeout=300_000)
+    assert "(plan)" in window.findChild(QLabel, "modelSummaryLabel").text()
+    reason = window.findChild(QLabel, "startBlockedLabel").text()
+    assert "is a plan" in reason and not window.findChild(QPushButton, "startButton").isEnabled()

@@ -141,6 +141,12 @@ class RunsView(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
+        # Model sources can be long paths or hub ids: a fixed width, the rest in the tooltip.
+        model_column = COLUMNS.index("Model")
+        header.setSectionResizeMode(model_column, QHeaderView.ResizeMode.Interactive)
+        self.table.setColumnWidth(model_column, 180)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setWordWrap(False)
 
         self.actions: dict[str, QAction] = {}
         self.buttons: dict[str, QPushButton] = {}
@@ -492,9 +498,8 @@ class CompareView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
         self._plots.setMinimumHeight(240)
-        self.diff_table.setMaximumHeight(180)
         layout.addWidget(self._plots, 3)
-        layout.addWidget(self.diff_table, 1)
+        layout.addWidget(self.diff_table)
         self.x_combo.currentIndexChanged.connect(lambda _i: self._draw())
 
     @property
@@ -520,7 +525,10 @@ class CompareView(QWidget):
             plot.showGrid(x=True, y=True, alpha=0.25)
             plot.setLabel("left", ylabel)
             # Memory rises over a run: its legend goes bottom right, out of the curves' way.
-            plot.addLegend(offset=(-10, -10) if attr == "memory_plot" else (-10, 10))
+            plot.addLegend(
+                offset=(-10, -10) if attr == "memory_plot" else (-10, 10),
+                brush=(255, 255, 255, 200),  # the curves show through
+            )
             setattr(self, attr, plot)
             self._plots.addWidget(plot)
         self.memory_plot.setLabel("bottom", "time (seconds)")
@@ -652,6 +660,9 @@ class CompareView(QWidget):
                 text = "(not set)" if value is None else str(value)
                 table.setItem(row, column, QTableWidgetItem(text))
         table.resizeColumnsToContents()
+        # As tall as its rows (up to six), so every differing key shows without scrolling.
+        rows = sum(table.rowHeight(r) for r in range(min(len(diff), 6)))
+        table.setFixedHeight(table.horizontalHeader().height() + rows + 2 * table.frameWidth() + 2)
 
     def differing_keys(self) -> list[str]:
         return [self.diff_table.item(r, 0).text() for r in range(self.diff_table.rowCount())]

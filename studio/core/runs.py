@@ -918,7 +918,17 @@ def compare_charts(runs: Sequence[RunSummary], *, x: str = "step"):
         y_from_zero=True,
         x_kind="seconds",
     )
-    return loss_chart, memory_chart
+    from dataclasses import replace
+
+    from studio.core.plots import CLOCK_FROM_S
+
+    def timed(chart, what):  # seconds, or m:ss once the axis reads as clock time
+        clock = chart.axes().x_range[1] >= CLOCK_FROM_S
+        return replace(chart, x_label=f"{what} ({'m:ss' if clock else 'seconds'})")
+
+    if x == "time":
+        loss_chart = timed(loss_chart, "training time")
+    return loss_chart, timed(memory_chart, "time")
 
 
 def compare_png(runs: Sequence[RunSummary], *, x: str = "step", width: int = 900) -> bytes:

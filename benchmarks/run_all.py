@@ -23,6 +23,7 @@ QT_OFFSCREEN = {"QT_QPA_PLATFORM": "offscreen"}
 BENCHMARKS = {
     "estimator_accuracy": ("estimator_accuracy.py", [], {}),
     "activation_accuracy": ("activation_accuracy.py", [], {}),
+    "whole_run_accuracy": ("whole_run_accuracy.py", [], {}),
     "startup": ("startup.py", ["--samples", "5"], QT_OFFSCREEN),
     "engine_overhead": ("engine_overhead.py", ["--steps", "16", "--rounds", "4"], {}),
     "gui_responsiveness": ("gui_responsiveness.py", ["--steps", "8"], QT_OFFSCREEN),

@@ -4,14 +4,15 @@ On Linux (glibc) a freed block only goes back to the system when it was allocate
 or sits at the top of the heap. glibc's mmap threshold starts at 128 KiB but rises, up to
 32 MiB, every time a mmapped block is freed; from then on tensors below it come from the heap,
 and what they leave behind when freed stays resident in fragments. Measured on the built-in
-model (batch 4 x 256 tokens, no checkpointing): the engine process stayed at 3.86 GB resident
-between steps, with about 0.8 GB of live data, and its exact peak (VmHWM) moved by 3-9 % from
-run to run, by up to 46 % at batch 1.
+model (batch 4 x 256 tokens, no checkpointing): the engine process stayed at 3,865 MiB
+resident between steps, with about 800 MiB of live data, and peaked at 4,453 MiB (4.39 GiB in
+another run) where the live tensors peak at 3,403 MiB; how much of the freed memory stays
+resident depends on the order of allocations, so the peak wandered from run to run.
 
 `configure_allocator` (called first thing in the engine process, before torch is imported)
 fixes the mmap and trim thresholds at 128 KiB, which also turns the dynamic raise off, and
 caps malloc arenas at 2: every tensor of 128 KiB or more is mapped on its own and returned at
-once when freed, so the resident memory follows the live tensors (0.8 GB between steps in
+once when freed, so the resident memory follows the live tensors (805 MiB between steps in
 the same run) and the peak is the same from run to run. A user who set any of glibc's
 ``MALLOC_*`` variables (or ``GLIBC_TUNABLES``) keeps their choice. Elsewhere (macOS, Windows,
 musl) nothing is changed.

@@ -1,8 +1,8 @@
 """Export of the built-in model: time, peak memory and how close each merge is to training.
 
 Trains the shipped sample recipe once (or takes ``--bundle``), then runs ``qlora-studio
-export`` in its own process, one after another: merged (both merges measured), and GGUF
-f16, bf16 and q8_0. For each: wall time of the command, the export's own time, the peak
+export`` in its own process, one after another: merged (both merges measured, the closer
+kept), and GGUF f16, bf16 and q8_0 (each merging into the weights the merged run kept). For each: wall time of the command, the export's own time, the peak
 resident memory of the exporting process (and of llama.cpp's converter child), output size,
 and for the merged export the mean KL divergence, max logit difference and top-1 agreement
 of each merge (original / dequantized weights) against the quantized base + adapter.
@@ -90,6 +90,8 @@ def main() -> int:
         results = {}
         for name, extra in RUNS:
             out = root / name.replace(" ", "-")
+            if name != "merged":  # the merge the merged run measured and kept
+                extra = [*extra, "--merge-into", results["merged"]["merge_into"]]
             results[name] = export(bundle, out, extra)
             print(f"{name}: {format_duration(results[name]['wall_s'])}", file=sys.stderr)
     print(

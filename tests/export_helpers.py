@@ -47,7 +47,7 @@ def builtin_bundle(root: Path) -> Path:
     from studio.core.recipe import load_recipe
 
     recipe = load_recipe(REPO / "recipes" / "smollm2-sample.toml").with_changes(
-        training={"device": "cpu"}, output={"dir": str(root / "smollm2-sample")}
+        output={"dir": str(root / "smollm2-sample")}
     )
     return train(recipe)
 

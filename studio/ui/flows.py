@@ -170,6 +170,7 @@ class BundleFlow(QObject):
         self.window = window
         self.session = session
         self.on_opened = on_opened
+        self._exports: list = []
 
     def save(self, target: str | None = None) -> Path | None:
         """Copy the session's bundle to ``target`` (asked for when None), atomically."""
@@ -219,7 +220,14 @@ class BundleFlow(QObject):
 
         dialog = ExportDialog(self.session.bundle, self.window)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self._exports.append(dialog)
+        dialog.destroyed.connect(lambda: self._exports.remove(dialog))
         dialog.open()
+
+    def shutdown(self) -> None:
+        """Stop exports still running (the window is closing): no converter outlives it."""
+        for dialog in list(self._exports):
+            dialog.shutdown()
 
     def open(self, path: str | None = None) -> bool:
         """Open a finished bundle: its recipe's figures, its loss curve, and chat with it."""

@@ -268,6 +268,7 @@ class MainWindow(QMainWindow):
         self.live.close()
         self.readers.cancel()
         self.chat.shutdown()
+        self.bundles.shutdown()
         with contextlib.suppress(RuntimeError):
             self.controller.shutdown()
         super().closeEvent(event)

@@ -154,7 +154,13 @@ def write_status(output_dir: str | Path, status: dict) -> None:
     """Replace the run's status file atomically."""
     from studio.core.atomic import atomic_write_text
 
-    atomic_write_text(status_path(output_dir), json.dumps(status, indent=2, sort_keys=True) + "\n")
+    path = atomic_write_text(
+        status_path(output_dir), json.dumps(status, indent=2, sort_keys=True) + "\n"
+    )
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):  # the temporary file's owner-only mode, made usual
+        os.chmod(path, 0o666 & ~umask)
 
 
 # ------------------------------------------------------------------------ memory sampler

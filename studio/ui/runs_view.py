@@ -377,32 +377,49 @@ class RunsView(QWidget):
         return self._start_when_ready()
 
     def _start_when_ready(self) -> bool:
-        """Start (the window asks Resume or Start over); when the model of the recipe just
-        set is still to be read, read it and start once it is ready."""
-        from studio.core.session import LoadState
-
+        """Start (the window asks Resume or Start over). The recipe was just set: while its
+        model is still to be read or its dataset checked, read them and start once done."""
         session = self.window.session
-        state = session.model.state
-        if state in (LoadState.EMPTY, LoadState.READING) and not self._waiting:
-            self._waiting = True
-            session.events.model.connect(self._model_changed)
-            self.window.statusBar().showMessage("Reading the model; the run resumes then…")
-            if state is LoadState.EMPTY:
-                self.window.load_model()
+        if self._still_reading():
+            if not self._waiting:
+                self._waiting = True
+                session.events.model.connect(self._inputs_changed)
+                session.events.dataset.connect(self._inputs_changed)
+                self.window.statusBar().showMessage(
+                    "Reading the model and checking the dataset; the run resumes then…"
+                )
+                from studio.core.session import LoadState
+
+                if session.model.state is LoadState.EMPTY:
+                    self.window.load_model()
             return True
         blockers = session.start_blockers()
-        if blockers:
-            QMessageBox.warning(self.window, "Cannot resume now", "\n".join(blockers))
+        if blockers:  # said where the person looks, without a box to dismiss
+            text = "Cannot resume now: " + " ".join(blockers)
+            self.window.statusBar().showMessage(text, 20000)
+            self.hint.setText(text)
             return False
         return self.window.jobs.start()
 
-    def _model_changed(self, model) -> None:
+    def _still_reading(self) -> bool:
         from studio.core.session import LoadState
 
-        if model.state in (LoadState.EMPTY, LoadState.READING):
+        session = self.window.session
+        if session.model.state in (LoadState.EMPTY, LoadState.READING):
+            return True
+        dataset_key = getattr(session, "dataset_key", lambda: None)()
+        return dataset_key is not None and session.dataset.state not in (
+            LoadState.READY,
+            LoadState.FAILED,
+        )
+
+    def _inputs_changed(self, _value) -> None:
+        if not self._waiting or self._still_reading():
             return
         self._waiting = False
-        self.window.session.events.model.disconnect(self._model_changed)
+        session = self.window.session
+        session.events.model.disconnect(self._inputs_changed)
+        session.events.dataset.disconnect(self._inputs_changed)
         # Out of the session's signal, so the question the start asks does not nest in it.
         QTimer.singleShot(0, self._start_when_ready)
 

@@ -393,7 +393,8 @@ class VramPlot(_LazyPlot):
                 movable=False,
                 pen=pen,
                 label=name,
-                labelOpts={"position": 0.12, "color": pen.color()},
+                # Left-aligned just above the line, so a narrow plot never clips it.
+                labelOpts={"position": 0.02, "anchors": [(0, 1), (0, 1)], "color": pen.color()},
             )
             plot.addItem(line)
             self.lines[name] = line

@@ -89,11 +89,32 @@ def choose(qtbot, window, name: str, data) -> None:
         qtbot.keyClick(combo, key)
 
 
+def reveal(window, widget) -> None:
+    """Scroll the settings column until ``widget`` is on screen, as a person would before
+    clicking it (a click goes to whatever is under the mouse)."""
+    from PySide6.QtWidgets import QScrollArea
+
+    scroll = window.findChild(QScrollArea, "settingsScroll")
+    if scroll is not None and scroll.widget().isAncestorOf(widget):
+        scroll.ensureWidgetVisible(widget)
+        QApplication.processEvents()
+
+
+def click_check_box(qtbot, window, check) -> None:
+    """Click a check box on its box (a click counts only on the box and its text, and a wide
+    check box's centre can lie beyond its text)."""
+    from PySide6.QtCore import QPoint
+
+    reveal(window, check)
+    qtbot.mouseClick(check, Qt.MouseButton.LeftButton, pos=QPoint(8, check.height() // 2))
+
+
 def click(qtbot, window, name: str, timeout: int = 120_000) -> None:
     """Click the button ``name`` once it is enabled (Start waits for the dataset check)."""
     button = window.findChild(QAbstractButton, name)
     assert button is not None, name
     qtbot.waitUntil(button.isEnabled, timeout=timeout)
+    reveal(window, button)
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
 

@@ -11,8 +11,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import choose, fill_file_dialog, set_spin, type_into, wait_for_shape
-from PySide6.QtCore import Qt
+from conftest import (
+    choose,
+    click_check_box,
+    fill_file_dialog,
+    set_spin,
+    type_into,
+    wait_for_shape,
+)
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel
 
@@ -185,7 +191,7 @@ def test_every_quantization_toggle_moves_the_estimate_like_the_estimator(
     upcast = window.findChild(QCheckBox, "fp32UpcastCheck")
 
     def click_check(check):
-        return lambda: qtbot.mouseClick(check, Qt.MouseButton.LeftButton)
+        return lambda: click_check_box(qtbot, window, check)
 
     def pick(name, data):
         return lambda: choose(qtbot, window, name, data)
@@ -218,7 +224,7 @@ def test_every_quantization_toggle_moves_the_estimate_like_the_estimator(
         assert shown_matches_estimator() > old, name
     check = window.findChild(QCheckBox, "gradCheckpointCheck")
     old = session.estimate.total_bytes
-    qtbot.mouseClick(check, Qt.MouseButton.LeftButton)
+    click_check_box(qtbot, window, check)
     assert shown_matches_estimator() != old
 
 

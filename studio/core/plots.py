@@ -289,32 +289,9 @@ def chart_axes(series: Sequence[Series], *, x_kind: str = "number", y_from_zero:
     )
 
 
-def line_chart_png(
-    series: Sequence[Series],
-    *,
-    title: str = "",
-    x_label: str = "",
-    y_label: str = "",
-    note: str = "",
-    width: int = 640,
-    height: int = 400,
-    y_format=format_tick,
-    y_from_zero: bool = False,
-    x_kind: str = "number",
-) -> bytes:
-    """PNG bytes of a line chart (`chart_canvas`)."""
-    return chart_canvas(
-        series,
-        title=title,
-        x_label=x_label,
-        y_label=y_label,
-        note=note,
-        width=width,
-        height=height,
-        y_format=y_format,
-        y_from_zero=y_from_zero,
-        x_kind=x_kind,
-    ).png()
+def line_chart_png(series: Sequence[Series], **options) -> bytes:
+    """PNG bytes of a line chart; ``options`` are `chart_canvas`'s."""
+    return chart_canvas(series, **options).png()
 
 
 def chart_canvas(

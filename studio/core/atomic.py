@@ -1,8 +1,8 @@
 """Atomic writes: a file or folder is either complete at its final path or absent.
 
 Each writer fills a temporary sibling (same folder, so the final rename stays on one file
-system) and renames it into place; a crash leaves at most a ``.tmp-*`` sibling behind. Folder
-siblings carry the writing process's PID (``.tmp-<name>-<pid>-<random>``), so
+system) and renames it into place; a crash leaves at most a ``.tmp-*`` sibling behind. File and
+folder siblings carry the writing process's PID (``.tmp-<name>-<pid>-<random>``), so
 `clean_stale_siblings` can remove those whose writer is gone.
 """
 
@@ -19,7 +19,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a flushed temporary file and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

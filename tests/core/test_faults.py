@@ -157,12 +157,16 @@ def test_kill_during_the_save_resumes_without_an_extra_step(tiny_models, tmp_pat
     assert not output.exists()
     assert inspect_output(output).latest_checkpoint[0] == 3
 
-    # A writer of the bundle killed (-9) mid-way leaves its temporary folder behind.
+    # A writer of the bundle killed (-9) mid-way leaves its temporary folder behind, and one
+    # killed while it rewrote the status file leaves that file's temporary.
     code = (
-        "import os, sys; from pathlib import Path; "
+        "import os, sys, tempfile; from pathlib import Path; "
         "from studio.core.atomic import temporary_sibling_dir; "
+        "from studio.core.runs import status_path; "
         "d = temporary_sibling_dir(Path(sys.argv[1])); (d / 'adapter_model.safetensors')"
-        ".write_bytes(b'half'); print(d, flush=True); os.kill(os.getpid(), 9)"
+        ".write_bytes(b'half'); s = status_path(Path(sys.argv[1])); "
+        "tempfile.mkstemp(prefix=f'.tmp-{s.name}-{os.getpid()}-', dir=s.parent); "
+        "print(d, flush=True); os.kill(os.getpid(), 9)"
     )
     killed = subprocess.run(
         [sys.executable, "-c", code, str(output)],
@@ -173,6 +177,7 @@ def test_kill_during_the_save_resumes_without_an_extra_step(tiny_models, tmp_pat
     assert killed.returncode == -9
     leftover = Path(killed.stdout.strip())
     assert leftover.is_dir() and leftover.name.startswith(".tmp-bundle-")
+    [status_leftover] = tmp_path.glob(".tmp-bundle.run.json-*")
 
     recipe_file = save_recipe(recipe, tmp_path / "recipe.toml")
     done = cli(tmp_path, "train", str(recipe_file), "--resume")
@@ -181,6 +186,7 @@ def test_kill_during_the_save_resumes_without_an_extra_step(tiny_models, tmp_pat
     assert step_rows(output) == [1, 2, 3]
     assert read_bundle(output).steps == 3
     assert not leftover.exists() and f"Removed {leftover}" in done.stderr
+    assert not status_leftover.exists() and f"Removed {status_leftover}" in done.stderr
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
 
 

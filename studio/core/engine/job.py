@@ -293,8 +293,12 @@ class Job:
             )
         # Folders left half-written by a run that was killed while it saved (we hold the lock,
         # so no other run of this output is writing them).
-        for stale in clean_stale_siblings(self.output_dir, legacy=True):
-            self._log(f"Removed {stale}, left behind by a run killed while it saved.")
+        from studio.core.runs import status_path
+
+        # The status file is rewritten at every phase, so a kill can strand its temporary too.
+        for target in (self.output_dir, status_path(self.output_dir)):
+            for stale in clean_stale_siblings(target, legacy=True):
+                self._log(f"Removed {stale}, left behind by a run killed while it saved.")
         return lock
 
     def _check_output(self) -> None:

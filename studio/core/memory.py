@@ -696,6 +696,28 @@ def _candidates(recipe: Recipe) -> list[tuple[str, dict]]:
     return out
 
 
+# Each candidate at most halves a number, so this bounds even a batch of 4096 at length 65536.
+_MAX_COMBINED_STEPS = 64
+
+
+def _deep_cut(change: dict) -> bool:
+    return (
+        change.get("dataset", {}).get("max_length", 256) < 256
+        or change.get("lora", {}).get("r", 8) < 8
+    )
+
+
+def _describe(recipe: Recipe, changes: dict) -> str:
+    """The net effect of ``changes`` on ``recipe``, one "key old → new" per changed key."""
+    parts = []
+    for section, values in changes.items():
+        for key, value in values.items():
+            old = getattr(getattr(recipe, section), key)
+            if old != value:
+                parts.append(f"{section}.{key} {old} → {value}")
+    return "; ".join(parts)
+
+
 def _merge(changes: dict, more: dict) -> dict:
     merged = {k: dict(v) for k, v in changes.items()}
     for section, values in more.items():
@@ -732,20 +754,32 @@ def _advice(
             f"To fit (tightly): {tight[0]} (estimate {units.format_bytes(tight[1].total_bytes)})."
         )
         return text, tight[2]
-    # several changes together, in order, until it fits
-    applied: list[str] = []
+    # Several changes together: keep applying the cheapest saving left (halving the batch,
+    # the length or the rank again and again) until it fits, so a recipe too large on two
+    # counts at once still gets a change that makes it fit.
     changes: dict = {}
+    tight_together: tuple[dict, MemoryEstimate] | None = None
     est = current
-    for label, change in candidates:
-        changes = _merge(changes, change)
-        applied.append(label)
+    for _ in range(_MAX_COMBINED_STEPS):
+        left = _candidates(_changed(recipe, changes))
+        if not left:
+            break
+        # Shorter than 256 tokens or a rank under 8 costs more than any other saving.
+        left = [c for c in left if not _deep_cut(c[1])] or left
+        changes = _merge(changes, left[0][1])
         est = estimate(shape, _changed(recipe, changes), device, _advise=False)
-        if est.verdict != "does_not_fit":
-            return (
-                f"No single change is enough; together: {'; '.join(applied)} "
-                f"(estimate {units.format_bytes(est.total_bytes)}).",
-                changes,
-            )
+        if est.verdict == "fits":
+            break
+        if est.verdict == "tight" and tight_together is None:
+            tight_together = (changes, est)  # taken if nothing further makes it fit
+    if est.verdict != "fits" and tight_together is not None:
+        changes, est = tight_together
+    if est.verdict != "does_not_fit":
+        return (
+            f"No single change is enough; together: {_describe(recipe, changes)} "
+            f"(estimate {units.format_bytes(est.total_bytes)}).",
+            changes,
+        )
     need = current.total_bytes - (current.capacity_bytes or 0)
     return (
         f"Does not fit even with every saving applied ({units.format_bytes(est.total_bytes)}); "

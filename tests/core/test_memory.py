@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from studio.core import memory
 from studio.core.gpu import GpuInfo
 from studio.core.memory import (
     COEFFICIENTS,
@@ -402,6 +403,36 @@ def test_advice_names_the_change_that_fits(medium_shape):
     est2 = estimate(shape, with_ckpt, _gpu(int(_total(shape, with_ckpt, _gpu(100 * GIB)) * 0.8)))
     assert est2.verdict == "does_not_fit" and est2.advice.startswith("To fit")
     assert "gradient checkpointing" not in est2.advice
+
+
+def test_advice_combines_repeated_savings_when_batch_and_length_are_both_too_large(
+    medium_shape,
+):
+    shape = medium_shape
+    recipe = Recipe().with_changes(
+        training={
+            "gradient_checkpointing": True,
+            "optimizer": "paged_adamw_8bit",
+            "batch_size": 32,
+            "grad_accum": 1,
+        },
+        dataset={"max_length": 4096},
+    )
+    small = recipe.with_changes(
+        training={"batch_size": 2, "grad_accum": 16}, dataset={"max_length": 1024}
+    )
+    gpu = _gpu(int(_total(shape, small, _gpu(100 * GIB)) / 0.8))
+    # no single candidate (each halves once) is enough here
+    for _, change in memory._candidates(recipe):
+        assert estimate(shape, memory._changed(recipe, change), gpu).verdict == "does_not_fit"
+
+    est = estimate(shape, recipe, gpu)
+    assert est.verdict == "does_not_fit" and est.advice_changes, est.advice
+    fixed = recipe.with_changes(**est.advice_changes)
+    assert estimate(shape, fixed, gpu).verdict != "does_not_fit"
+    assert "training.batch_size 32 →" in est.advice and "dataset.max_length 4096 →" in est.advice
+    # the effective batch is kept while the batch is halved
+    assert fixed.training.batch_size * fixed.training.grad_accum == 32
 
 
 def test_advice_when_nothing_helps(tiny_models):

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from studio.commands import ExitCode
+from studio.core.phases import RunState
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -195,7 +196,7 @@ def _compare(args) -> int:
     for r in runs:
         for problem in r.problems:
             print(f"note: {r.name}: {problem}", file=sys.stderr)
-        if r.state == "missing":
+        if r.state is RunState.MISSING:
             print(f"note: {r.name}: {r.message}", file=sys.stderr)
     if args.png:
         print(f"\nCurves written to {Path(args.png).expanduser()}")
@@ -220,7 +221,7 @@ def _add(args) -> int:
     for folder in args.folders:
         path = Path(folder).expanduser().absolute()
         summary = read_run(path)
-        if summary.state == "missing":
+        if summary.state is RunState.MISSING:
             print(f"qlora-studio runs add: {path} is not a run or bundle folder", file=sys.stderr)
             status = ExitCode.BAD_INPUT
             continue

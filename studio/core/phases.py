@@ -1,7 +1,8 @@
 """The vocabulary of a job: the phases a run passes through and the states a job is in.
 
 One place for their names and the words people read: the engine emits `Phase` members, the
-CLI and the window print `Phase.label` / `Phase.doing`, and front ends keep a `JobState`.
+CLI and the window print `Phase.label` / `Phase.doing`, front ends keep a `JobState`, and the
+run library records each run's `RunState`.
 Both are ``str`` enums, so they pickle, compare equal to their value and write into JSON
 (``metrics.jsonl``) as plain strings.
 """
@@ -100,6 +101,29 @@ class JobState(str, Enum):
     @property
     def paused(self) -> bool:
         return self in (JobState.PAUSING, JobState.PAUSED)
+
+
+class RunState(str, Enum):
+    """What a recorded run is (the run library's word for it, in its status file and the
+    Runs view): the engine writes RUNNING, then FINISHED, STOPPED or FAILED; MISSING is the
+    reader's, for a run whose folder was moved or deleted."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    MISSING = "missing"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: object) -> RunState | None:
+        """The member for a status file's ``state`` (None when absent or unknown)."""
+        try:
+            return cls(value)
+        except ValueError:
+            return None
 
 
 def phase_line(phase: Phase | str | None, message: str = "") -> str:

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.core.phases import RunState
+
 RUNS_ROOT_ENV = "QLORA_STUDIO_RUNS_ROOT"
 INDEX = "runs.jsonl"
 STATUS_SUFFIX = ".run.json"
@@ -48,8 +50,14 @@ MANIFEST = "manifest.json"
 STATUS_FORMAT = 1
 SAMPLE_EVERY_S = 0.5
 
-# What a run's status says; `RunSummary.state` adds "running" and "missing".
-FINISHED, STOPPED, FAILED, RUNNING, MISSING = "finished", "stopped", "failed", "running", "missing"
+# What a run's status says (`RunSummary.state` adds MISSING), as short names here.
+FINISHED, STOPPED, FAILED, RUNNING, MISSING = (
+    RunState.FINISHED,
+    RunState.STOPPED,
+    RunState.FAILED,
+    RunState.RUNNING,
+    RunState.MISSING,
+)
 # The recipe key every run differs in (it names the run); left out of `recipe_diff`.
 NAMING_KEYS = ("output.dir",)
 
@@ -479,7 +487,7 @@ class RunSummary:
 
     path: Path
     name: str
-    state: str  # finished, stopped, failed, running, missing
+    state: RunState
     phase: str | None = None
     message: str = ""
     resumable: bool = False
@@ -530,7 +538,7 @@ class RunSummary:
 
             where = f" in {phase_label(self.phase).lower()}" if self.phase else ""
             return f"failed{where}" + (", resumable" if self.resumable else "")
-        return self.state
+        return self.state.value
 
     @property
     def bundle_path(self) -> Path | None:
@@ -654,7 +662,7 @@ def read_run(path: str | Path) -> RunSummary:
         return summary
     status = status or {}
     summary.has_bundle = manifest is not None
-    state = status.get("state")
+    state = RunState.parse(status.get("state"))
     if manifest is not None and state in (None, FINISHED, RUNNING, STOPPED, FAILED):
         # A bundle is there: the run that wrote it finished (a later attempt over it may not
         # have; its status then says so).

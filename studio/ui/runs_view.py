@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.core.phases import RunState
 from studio.core.units import format_bytes, format_duration
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -224,7 +225,7 @@ class RunsView(QWidget):
                     tip += "\n" + "\n".join(run.problems)
                 item.setToolTip(tip)
                 items.append(item)
-            if run.state == "missing":
+            if run.state is RunState.MISSING:
                 for item in items:
                     item.setForeground(Qt.GlobalColor.gray)
             self.model.appendRow(items)
@@ -471,13 +472,13 @@ class RunsView(QWidget):
         return not failed
 
     def add_folder(self, path: str | None = None) -> bool:
-        from studio.core.runs import MISSING, read_run, register
+        from studio.core.runs import read_run, register
 
         if not path:
             path = QFileDialog.getExistingDirectory(self.window, "Add a bundle or run folder")
             if not path:
                 return False
-        if read_run(path).state == MISSING:
+        if read_run(path).state is RunState.MISSING:
             QMessageBox.warning(
                 self.window, "Not a run", f"{path} is neither a bundle nor a run folder."
             )
@@ -576,7 +577,7 @@ class CompareView(QWidget):
             colour = COLOURS[index % len(COLOURS)]
             curves = run_curves(run)
             problems += [f"{run.name}: {p}" for p in curves.problems]
-            if run.state == "missing":
+            if run.state is RunState.MISSING:
                 problems.append(f"{run.name}: {run.message}")
             drawn = self.drawn.setdefault(run.name, {})
             symbol = "o" if len(curves.steps) <= 40 else None

@@ -2,7 +2,8 @@
 
 `ResourceMonitor.sample(pid)` returns one `ResourceSample`: on a GPU the device's used memory,
 the memory NVML attributes to the engine process, utilisation, temperature and power; on the
-CPU the engine's resident memory (with its children) and the CPU load. Qt-free and cheap
+CPU the engine's resident memory (with its children) and the CPU load. A run on several GPUs
+(`ResourceMonitor.watch`) also gets each of those GPUs' used memory. Qt-free and cheap
 (NVML queries or one ``/proc`` read), so a front end can call it a few times a second.
 """
 
@@ -24,6 +25,8 @@ class ResourceSample:
     power_w: float | None = None
     cpu_pct: float | None = None
     on_cpu: bool = True
+    # (GPU index, used bytes) for each GPU a run on several GPUs uses; () otherwise
+    per_gpu_used: tuple[tuple[int, int], ...] = ()
 
 
 class ResourceMonitor:
@@ -39,6 +42,7 @@ class ResourceMonitor:
         self.on_cpu = device is None or device.torch_device == "cpu"
         self.reason: str | None = None
         self._gpu_index = gpu.index if gpu is not None else None
+        self._watched: tuple[int, ...] = ()
         self._sampler = None
         self._proc = None
         if gpu is not None:
@@ -54,6 +58,12 @@ class ResourceMonitor:
         """True when there are device readings to take without a job (a GPU, simulated too)."""
         return self._sampler is not None
 
+    def watch(self, gpu_indices) -> None:
+        """Also read the used memory of each of ``gpu_indices`` (a run on several GPUs, from
+        `studio.core.scaling.run_gpu_indices`); fewer than two: none."""
+        indices = tuple(gpu_indices or ())
+        self._watched = indices if len(indices) > 1 else ()
+
     def sample(self, pid: int | None) -> ResourceSample:
         """A reading now, for the engine process ``pid`` (None: no job running)."""
         gpu = None
@@ -62,6 +72,15 @@ class ResourceMonitor:
                 gpu = self._sampler.sample(self._gpu_index, pid)
             except Exception:  # noqa: BLE001 - a missed reading is not an error
                 gpu = None
+        per_gpu: list[tuple[int, int]] = []
+        if self._sampler is not None:
+            for index in self._watched:
+                try:
+                    reading = gpu if index == self._gpu_index else self._sampler.sample(index)
+                except Exception:  # noqa: BLE001 - a missed reading is not an error
+                    reading = None
+                if reading is not None:
+                    per_gpu.append((index, reading.memory_used_bytes))
         rss = cpu = None
         if pid is not None and self.on_cpu:
             rss, cpu = self._process_reading(pid)
@@ -74,6 +93,7 @@ class ResourceMonitor:
             power_w=gpu.power_w if gpu is not None else None,
             cpu_pct=cpu,
             on_cpu=self.on_cpu,
+            per_gpu_used=tuple(per_gpu),
         )
 
     def _process_reading(self, pid: int) -> tuple[int | None, float | None]:

@@ -232,6 +232,19 @@ def inactive_distributed_fields(recipe: Recipe) -> dict[str, str]:
     return found
 
 
+def run_gpu_indices(recipe: Recipe, device) -> tuple[int, ...]:
+    """The GPUs a run of ``recipe`` on ``device`` (a `quant.DeviceTarget`) uses: the
+    ``distributed.gpus`` named, else the first one per process on this machine (as accelerate
+    takes them); the device's own GPU for one process; () on the CPU."""
+    gpu = getattr(device, "gpu", None)
+    if gpu is None:
+        return ()
+    d = recipe.distributed
+    if not d.launched:
+        return (gpu.index,)
+    return d.gpu_indices() or tuple(range(d.processes_per_machine))
+
+
 def distributed_start_problem(recipe: Recipe, device, gpu_count: int | None = None) -> str:
     """Why ``recipe``'s ``[distributed]`` section cannot start on ``device`` (a
     `quant.DeviceTarget`) with ``gpu_count`` GPUs found on this machine; "" when it can.

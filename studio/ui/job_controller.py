@@ -19,7 +19,7 @@ from studio.core.events import TERMINAL_EVENTS
 from studio.core.phases import JobState
 
 POLL_INTERVAL_MS = 50
-ENGINE_NICENESS = 5  # the window must stay smooth while the engine uses every core
+ENGINE_NICENESS = 10  # the window must stay smooth while the engine uses every core
 
 
 class JobController(QObject):

@@ -65,6 +65,10 @@ class LiveView(QObject):
                 self.loss_plot.clear()
                 self.lr_plot.clear()
             self.vram_plot.clear()
+            if self.monitor is not None:
+                from studio.core.scaling import run_gpu_indices
+
+                self.monitor.watch(run_gpu_indices(self.session.recipe, self.session.device))
             self._show_reference_lines()
             self.log.appendPlainText(
                 f"Starting {'(resuming) ' if self.session.run.resumed else ''}"
@@ -140,7 +144,10 @@ class LiveView(QObject):
         self.hardware.show_sample(reading)
         if pid is not None:
             t = time.monotonic() - self._job_start
-            self.vram_plot.add_device(t, reading.device_used_bytes, reading.process_bytes)
+            # A run on several GPUs draws one used-memory line per GPU instead of the first's.
+            used = None if reading.per_gpu_used else reading.device_used_bytes
+            self.vram_plot.add_device(t, used, reading.process_bytes)
+            self.vram_plot.add_gpus(t, reading.per_gpu_used)
 
     def redraw(self) -> None:
         for plot in self.plots:

@@ -28,6 +28,17 @@ from studio.core.plots import CLOCK_FROM_S, MARKERS_UP_TO, format_clock
 GIB = float(1 << 30)
 EMA_BETA = 0.9  # smoothing of the training loss (like TensorBoard's 0.9)
 MIN_MEMORY_SPAN_GIB = 1 / 16  # the memory axis never zooms below 64 MiB top to bottom
+# one line per GPU of a run on several GPUs (matplotlib's tab10 without the colours in use)
+GPU_COLORS = (
+    "#1f77b4",
+    "#d62728",
+    "#17becf",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#9467bd",
+)
 CLOCK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
 
 _pg = None
@@ -362,7 +373,8 @@ class VramPlot(_LazyPlot):
 
     Lines: the device's used memory and the engine process's own memory (NVML, or the
     process's resident memory on the CPU), torch reserved and allocated (from the steps),
-    the estimate and the capacity as horizontal lines.
+    for a run on several GPUs one used-memory line per GPU (``GPU 1 used``), and the
+    estimate (per GPU for such a run) and the capacity as horizontal lines.
     """
 
     def __init__(self) -> None:
@@ -383,6 +395,7 @@ class VramPlot(_LazyPlot):
         self.allocated = plot.plot(
             name="torch allocated", pen=pg.mkPen("#ffb74d", width=1, style=Qt.PenStyle.DashLine)
         )
+        self.gpu_curves: dict = {}
         self.lines = {}
         for name, pen in (
             ("estimate", pg.mkPen("#1565c0", width=2, style=Qt.PenStyle.DashLine)),
@@ -410,6 +423,12 @@ class VramPlot(_LazyPlot):
         self.t_torch: list[float] = []
         self.v_reserved: list[float] = []
         self.v_allocated: list[float] = []
+        self.gpu_points: dict[int, tuple[list[float], list[float]]] = {}
+        if self.built:
+            for curve in self.gpu_curves.values():
+                self.plot_widget.getPlotItem().removeItem(curve)
+            self.gpu_curves = {}
+            self._show_legend()
         self._dirty = True
         self.refresh()
 
@@ -431,6 +450,8 @@ class VramPlot(_LazyPlot):
         if not self.cpu_mode:
             legend.addItem(self.reserved, "torch reserved")
             legend.addItem(self.allocated, "torch allocated")
+        for _, curve in sorted(self.gpu_curves.items()):
+            legend.addItem(curve, curve.name())
 
     def set_estimate(self, total_bytes: int | None) -> None:
         self.reference["estimate"] = total_bytes
@@ -463,6 +484,14 @@ class VramPlot(_LazyPlot):
             self.v_proc.append(process_bytes / GIB)
         self._dirty = True
 
+    def add_gpus(self, t: float, per_gpu_used) -> None:
+        """One reading of each GPU a run on several GPUs uses: ``(index, used bytes)`` pairs."""
+        for index, used in per_gpu_used:
+            times, values = self.gpu_points.setdefault(index, ([], []))
+            times.append(t)
+            values.append(used / GIB)
+            self._dirty = True
+
     def add_torch(self, t: float, allocated: int | None, reserved: int | None) -> None:
         if allocated is None and reserved is None:
             return
@@ -472,7 +501,10 @@ class VramPlot(_LazyPlot):
         self._dirty = True
 
     def _draw(self) -> None:
-        last = max(ts[-1] for ts in (self.t_used, self.t_proc, self.t_torch, [0.0]) if ts)
+        gpu_times = [times for times, _ in self.gpu_points.values()]
+        last = max(
+            ts[-1] for ts in (self.t_used, self.t_proc, self.t_torch, *gpu_times, [0.0]) if ts
+        )
         axis = self.plot_widget.getAxis("bottom")
         clock = last >= CLOCK_FROM_S
         if axis.clock != clock:
@@ -484,3 +516,17 @@ class VramPlot(_LazyPlot):
         self.process.setData(self.t_proc, self.v_proc)
         self.reserved.setData(self.t_torch, self.v_reserved)
         self.allocated.setData(self.t_torch, self.v_allocated)
+        self._draw_gpus()
+
+    def _draw_gpus(self) -> None:
+        new = [index for index in self.gpu_points if index not in self.gpu_curves]
+        for index in new:
+            pg = _pyqtgraph()
+            color = GPU_COLORS[index % len(GPU_COLORS)]
+            self.gpu_curves[index] = self.plot_widget.plot(
+                name=f"GPU {index} used", pen=pg.mkPen(color, width=2)
+            )
+        if new:
+            self._show_legend()
+        for index, (times, values) in self.gpu_points.items():
+            self.gpu_curves[index].setData(times, values)

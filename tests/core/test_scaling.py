@@ -208,3 +208,38 @@ def test_the_session_shows_the_per_gpu_estimate_with_two_simulated_gpus(llama, m
     assert "distributed.cpu_offload" in inactive and "distributed.strategy" not in inactive
     assert "distributed.main_process_ip" in inactive
     assert "distributed.strategy" in inactive_distributed_fields(_recipe(model_dir))
+
+
+def test_a_run_on_several_gpus_is_monitored_per_gpu(monkeypatch):
+    from studio.core.gpu import discover_gpus
+    from studio.core.monitor import ResourceMonitor
+    from studio.core.quant import resolve_device
+    from studio.core.scaling import run_gpu_indices
+
+    gpus = [
+        {
+            "name": f"Card {i}",
+            "total_mib": 24576,
+            "free_mib": 24576 - 1000 * (i + 1),
+            "compute_capability": [8, 6],
+        }
+        for i in range(3)
+    ]
+    monkeypatch.setenv("QLORA_STUDIO_FAKE_GPUS", json.dumps(gpus))
+    device = resolve_device("auto", discover_gpus())
+    one = Recipe()
+    assert run_gpu_indices(one, device) == (0,)
+    assert run_gpu_indices(one, CPU) == ()
+    two = one.with_changes(distributed={"num_processes": 2})
+    assert run_gpu_indices(two, device) == (0, 1)
+    picked = one.with_changes(distributed={"num_processes": 2, "gpus": "1,2"})
+    assert run_gpu_indices(picked, device) == (1, 2)
+
+    monitor = ResourceMonitor(device)
+    try:
+        monitor.watch(run_gpu_indices(one, device))
+        assert monitor.sample(None).per_gpu_used == (), "one GPU: the device line is enough"
+        monitor.watch(run_gpu_indices(picked, device))
+        assert monitor.sample(None).per_gpu_used == ((1, 2000 << 20), (2, 3000 << 20))
+    finally:
+        monitor.close()

@@ -191,3 +191,40 @@ def test_closing_during_a_run_offers_keep_running_and_stop_now(
         qtbot.waitUntil(lambda: not window.isVisible(), timeout=LONG)
         assert isinstance(ended[0], Failed) and ended[0].error_type == "EngineKilled"
         assert not window.controller.is_active
+
+
+def test_a_run_on_two_simulated_gpus_draws_one_memory_line_per_gpu(
+    make_window, qtbot, tiny_models, tmp_path, monkeypatch
+):
+    import json
+
+    gpus = [
+        {
+            "name": f"Card {i}",
+            "total_mib": 24576,
+            "free_mib": 24000 - 500 * i,
+            "compute_capability": [8, 6],
+        }
+        for i in range(2)
+    ]
+    monkeypatch.setenv("QLORA_STUDIO_FAKE_GPUS", json.dumps(gpus))
+    data = write_dataset(tmp_path / "data.jsonl")
+    out = tmp_path / "run"
+    window = make_window()
+    wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    configure_run(qtbot, window, data, out, max_steps=2, save_steps=2)
+    set_spin(qtbot, window, "distributedNumProcessesEdit", 2)
+    assert "per GPU (2 processes" in window.findChild(QLabel, "estimateTotalLabel").text()
+
+    ended = run_to_end(qtbot, window)
+    assert isinstance(ended, Finished), ended
+    assert read_bundle(out).steps == 2
+    plot = window.vram_plot
+    assert sorted(plot.gpu_curves) == [0, 1]
+    for index, used_mib in ((0, 576), (1, 1076)):
+        x, y = plot.gpu_curves[index].getData()
+        assert len(x) >= 1 and y[-1] * 1024 == pytest.approx(used_mib)
+    legend = plot.plot_widget.getPlotItem().legend
+    names = [label.text for _, label in legend.items]
+    assert "GPU 0 used" in names and "GPU 1 used" in names
+    assert curve_points(window) >= 1, "rank 0's loss is plotted"

@@ -71,7 +71,7 @@ class JobFlow(QObject):
         except OutputLockedError as exc:
             QMessageBox.warning(self.window, "The output folder is in use", str(exc))
             return False
-        state = inspect_output(recipe.output.dir)
+        state = inspect_output(recipe.output.dir, hashes=False)  # never hash on the GUI thread
         resume = overwrite = False
         if state.resumable:
             step, path = state.latest_checkpoint

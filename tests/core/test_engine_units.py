@@ -251,3 +251,26 @@ def test_write_failures_name_the_cause_and_the_folder(tmp_path):
     assert "(EACCES)" in message
     other = RuntimeError("shapes do not match")
     assert failure_from_exception(other, "training").error_type == "RuntimeError"
+
+
+def test_the_quick_checkpoint_check_reads_sizes_not_contents(tmp_path):
+    """Front ends ask their questions from manifests and sizes; only the engine hashes."""
+    from studio.core.engine.checkpoints import verify_checkpoint, write_manifest
+    from studio.core.engine.output import inspect_output
+
+    output = tmp_path / "run"
+    checkpoint = tmp_path / "run.checkpoints" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "optimizer.pt").write_bytes(b"x" * 4096)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    write_manifest(checkpoint, 4)
+    assert inspect_output(output, hashes=False).latest_checkpoint == (4, checkpoint)
+
+    (checkpoint / "optimizer.pt").write_bytes(b"y" * 4096)  # same size, other contents
+    assert verify_checkpoint(checkpoint, hashes=False) is None
+    assert "sha256 differs" in verify_checkpoint(checkpoint)
+    assert inspect_output(output).latest_checkpoint is None, "the engine's check refuses it"
+
+    (checkpoint / "optimizer.pt").write_bytes(b"y" * 100)  # cut short
+    assert "100 bytes" in verify_checkpoint(checkpoint, hashes=False)
+    assert inspect_output(output, hashes=False).latest_checkpoint is None

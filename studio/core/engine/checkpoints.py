@@ -7,6 +7,11 @@ and sha256. A checkpoint counts only when that manifest is there and every file 
 present with the same size and hash: a save cut short (a killed process, a full disk) has no
 manifest, and a file truncated or changed later fails the check. `list_checkpoints` returns
 only verified checkpoints; `scan_checkpoints` says why each other one was refused.
+
+Front ends deciding which question to ask (resume or start over?) check with
+``hashes=False``: the manifest and every file's size, without reading the files, so Start in
+the window never spends seconds hashing an optimizer state on the GUI thread. The engine
+always checks the hashes before it resumes, and falls back to the newest intact checkpoint.
 """
 
 from __future__ import annotations
@@ -94,8 +99,9 @@ def write_manifest(checkpoint: str | Path, step: int | None = None) -> Path:
     )
 
 
-def verify_checkpoint(checkpoint: str | Path) -> str | None:
-    """None when ``checkpoint`` is complete and intact; else why not, for people."""
+def verify_checkpoint(checkpoint: str | Path, *, hashes: bool = True) -> str | None:
+    """None when ``checkpoint`` is complete and intact; else why not, for people.
+    ``hashes=False`` checks only the manifest and the files' sizes (no file is read)."""
     checkpoint = Path(checkpoint)
     manifest_file = checkpoint / CHECKPOINT_MANIFEST
     try:
@@ -119,6 +125,8 @@ def verify_checkpoint(checkpoint: str | Path) -> str | None:
             return f"its {CHECKPOINT_MANIFEST} entry for {name} cannot be read"
         if stat.st_size != size:
             return f"{name} is {stat.st_size} bytes, but {size} were saved"
+        if not hashes:
+            continue
         try:
             if _sha256(path, stat) != sha:
                 return f"{name} has changed since it was saved (its sha256 differs)"
@@ -127,9 +135,11 @@ def verify_checkpoint(checkpoint: str | Path) -> str | None:
     return None
 
 
-def scan_checkpoints(folder: str | Path) -> list[tuple[int, Path, str | None]]:
+def scan_checkpoints(
+    folder: str | Path, *, hashes: bool = True
+) -> list[tuple[int, Path, str | None]]:
     """Every ``checkpoint-<step>`` folder in ``folder`` as (step, path, why it is refused or
-    None when intact), oldest first."""
+    None when intact), oldest first (``hashes``: as `verify_checkpoint`)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -141,13 +151,16 @@ def scan_checkpoints(folder: str | Path) -> list[tuple[int, Path, str | None]]:
     for child in children:
         match = CHECKPOINT_RE.match(child.name)
         if match and child.is_dir():
-            found.append((int(match.group(1)), child, verify_checkpoint(child)))
+            found.append((int(match.group(1)), child, verify_checkpoint(child, hashes=hashes)))
     return sorted(found, key=lambda item: item[0])
 
 
-def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
-    """The complete, verified checkpoints in ``folder`` as (step, path), oldest first."""
-    return [(step, path) for step, path, why in scan_checkpoints(folder) if why is None]
+def list_checkpoints(folder: str | Path, *, hashes: bool = True) -> list[tuple[int, Path]]:
+    """The complete, verified checkpoints in ``folder`` as (step, path), oldest first
+    (``hashes``: as `verify_checkpoint`)."""
+    return [
+        (step, path) for step, path, why in scan_checkpoints(folder, hashes=hashes) if why is None
+    ]
 
 
 def last_checkpoint(folder: str | Path) -> Path | None:

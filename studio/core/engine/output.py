@@ -44,13 +44,15 @@ class OutputState:
         return checkpoints_dir(self.output_dir)
 
 
-def inspect_output(output_dir: str | Path) -> OutputState:
-    """What ``output_dir`` and its checkpoints folder hold now."""
+def inspect_output(output_dir: str | Path, *, hashes: bool = True) -> OutputState:
+    """What ``output_dir`` and its checkpoints folder hold now. ``hashes=False`` (a front
+    end choosing its questions) checks the checkpoints' manifests and sizes without reading
+    their files; the engine checks the hashes before it resumes."""
     output_dir = Path(output_dir)
     return OutputState(
         output_dir=output_dir,
         bundle_exists=output_dir.exists(),
-        checkpoints=tuple(list_checkpoints(checkpoints_dir(output_dir))),
+        checkpoints=tuple(list_checkpoints(checkpoints_dir(output_dir), hashes=hashes)),
     )
 
 

@@ -20,7 +20,8 @@ from studio.core.engine.output import check_start, inspect_output
 def preflight(recipe, *, resume: bool, overwrite: bool, check_model: bool = True) -> None:
     """Raise the first bad-input error that a run of ``recipe`` would fail with at its start."""
     check_unlocked(recipe.output.dir)
-    check_start(inspect_output(recipe.output.dir), resume=resume, overwrite=overwrite)
+    # Sizes only: the engine hashes the checkpoints itself before it resumes.
+    check_start(inspect_output(recipe.output.dir, hashes=False), resume=resume, overwrite=overwrite)
     if check_model:
         source = recipe.model.source.strip()
         folder = Path(source).expanduser()

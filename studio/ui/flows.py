@@ -14,10 +14,36 @@ import sys
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QTimer
-from PySide6.QtWidgets import QFileDialog, QMessageBox
+from PySide6.QtWidgets import QDialog, QFileDialog, QMessageBox
 
 from studio import APP_NAME
 from studio.core.phases import JobState
+
+
+class FolderSaveDialog(QFileDialog):
+    """Asks for a folder to save into, new or existing (an existing one is then replaced,
+    after a question). Qt's save dialog opens a folder whose name is typed or selected instead
+    of choosing it, so an existing folder could never be picked; this dialog picks it. Qt's
+    own dialog, not the desktop's, so the choice behaves the same everywhere."""
+
+    def __init__(self, parent, caption: str, suggested: str) -> None:
+        super().__init__(parent, caption)
+        self.setObjectName("folderSaveDialog")
+        self.setOption(QFileDialog.Option.DontUseNativeDialog, True)
+        self.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        self.setFileMode(QFileDialog.FileMode.AnyFile)
+        self.setOption(QFileDialog.Option.DontConfirmOverwrite, True)  # asked after, by name
+        suggested_path = Path(suggested)
+        self.setDirectory(str(suggested_path.parent))
+        self.selectFile(suggested_path.name)
+
+    def accept(self) -> None:
+        chosen = self.selectedFiles()
+        here = Path(self.directory().absolutePath())
+        if chosen and Path(chosen[0]).is_dir() and Path(chosen[0]) != here:
+            QDialog.accept(self)  # choose the folder rather than open it
+            return
+        super().accept()
 
 
 class CloseChoice(enum.Enum):
@@ -179,13 +205,14 @@ class BundleFlow(QObject):
             return None
         source = Path(source)
         if not target:
-            target, _ = QFileDialog.getSaveFileName(
+            dialog = FolderSaveDialog(
                 self.window,
                 "Save the adapter bundle as (a folder)",
                 str(source.parent / f"{source.name}-copy"),
             )
-            if not target:
+            if not dialog.exec() or not dialog.selectedFiles():
                 return None
+            target = dialog.selectedFiles()[0]
         from studio.core.bundle import copy_bundle
 
         dest = Path(target).expanduser().absolute()

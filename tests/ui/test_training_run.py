@@ -117,6 +117,16 @@ def test_train_replace_pause_close_reopen_resume_save_open_and_chat(
     assert read_bundle(target).recipe.training.max_steps == 60
     assert str(target) in again.statusBar().currentMessage()
 
+    # Saving again onto that existing folder picks it (not opens it) and asks before replacing.
+    (target / "stale-marker.txt").write_text("from before")
+    seen = []
+    answer("replaceButton", seen)
+    fill_file_dialog(str(target))
+    again.findChild(QAction, "saveBundleAction").trigger()
+    qtbot.waitUntil(lambda: not (target / "stale-marker.txt").exists(), timeout=LONG)
+    assert seen and "already exists" in seen[0]
+    assert read_bundle(target).recipe.training.max_steps == 60
+
     # File ▸ Export bundle… opens the export dialog for this bundle (export itself: its own tests).
     export = again.findChild(QAction, "exportBundleAction")
     assert export.isEnabled()

@@ -331,3 +331,24 @@ def test_a_model_that_cannot_be_read_says_why_and_the_next_one_loads(
     wait_for_shape(qtbot, window, str(tiny_models["llama"]))
     assert window.session.model.shape.num_layers == 2
     assert not summary.text().startswith("⚠")
+
+
+def test_the_bundle_save_dialog_picks_an_existing_folder_instead_of_opening_it(qtbot, tmp_path):
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QDialog, QLineEdit
+
+    from studio.ui.flows import FolderSaveDialog
+
+    (tmp_path / "old-adapter").mkdir()
+    for name in ("old-adapter", "new-adapter"):
+        dialog = FolderSaveDialog(None, "Save", str(tmp_path / "suggested"))
+        qtbot.addWidget(dialog)
+        dialog.show()
+        qtbot.waitExposed(dialog)
+        edit = dialog.findChild(QLineEdit, "fileNameEdit")  # Qt's own name for the file field
+        edit.selectAll()
+        qtbot.keyClicks(edit, name)
+        qtbot.keyClick(edit, Qt.Key.Key_Return)
+        qtbot.waitUntil(lambda d=dialog: not d.isVisible())
+        assert dialog.result() == QDialog.DialogCode.Accepted
+        assert dialog.selectedFiles() == [str(tmp_path / name)]

@@ -228,3 +228,52 @@ def test_tick_labels_have_the_decimals_their_spacing_needs():
     assert tick_label(1200.0, 100.0) == "1200" and tick_label(0.0, 0.5) == "0"
     assert tick_label(1.5e-4, 5e-6) == "1.50e-4" and tick_label(3e-5, 1e-5) == "3e-5"
     assert not math.isnan(float(tick_label(1e7, 1e6)))
+
+
+def test_the_launch_paints_first_and_builds_everything_without_torch(tmp_path):
+    """In a fresh process, as `qlora-studio` starts: the frame paints before any panel
+    exists, the panels and plots are built after it (their modules imported on a worker
+    thread), and none of that imports torch or the training libraries."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        from PySide6.QtCore import QEvent, QObject, QTimer
+        from PySide6.QtWidgets import QApplication
+        app = QApplication([])
+        from studio.app import build_main_window
+        window = build_main_window(defer_build=True)
+        seen = []
+        class FirstPaint(QObject):
+            def eventFilter(self, obj, event):
+                if event.type() == QEvent.Type.Paint and not seen:
+                    seen.append(window.session is None)
+                return False
+        watcher = FirstPaint()
+        window.installEventFilter(watcher)
+        def check():
+            if window.session is None or not all(p.built for p in window.live.plots):
+                QTimer.singleShot(20, check)
+                return
+            heavy = [m for m in ("torch", "transformers", "peft", "bitsandbytes") if m in sys.modules]
+            print("first paint before build:", seen[0], "heavy:", heavy, flush=True)
+            app.quit()
+        window.show()
+        QTimer.singleShot(0, check)
+        QTimer.singleShot(60000, app.quit)
+        app.exec()
+        """
+    )
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM="offscreen",
+        QLORA_STUDIO_SETTINGS_DIR=str(tmp_path),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert "first paint before build: True heavy: []" in done.stdout, done.stdout + done.stderr

@@ -161,6 +161,8 @@ def _marked(curve, count: int) -> None:
 class _LazyPlot:
     """A titled plot whose pyqtgraph widget is made on the first `build`."""
 
+    legend_offset = (-10, 10)  # top right: loss and learning rate fall away from it
+
     def __init__(self, name: str, title: str, xlabel: str, ylabel: str) -> None:
         self._labels = (name, title, xlabel, ylabel)
         self.widget = QWidget(objectName=f"{name}Frame")
@@ -187,7 +189,10 @@ class _LazyPlot:
         plot.showGrid(x=True, y=True, alpha=0.25)
         plot.setLabel("bottom", xlabel)
         plot.setLabel("left", ylabel)
-        plot.addLegend(offset=(-10, 10))
+        plot.addLegend(
+            offset=self.legend_offset,
+            brush=(255, 255, 255, 200),  # the curves show through, as in the Runs view
+        )
         item = plot.getPlotItem()
         item.setDownsampling(auto=True, mode="peak")
         item.setClipToView(True)
@@ -382,6 +387,8 @@ class VramPlot(_LazyPlot):
     for a run on several GPUs one used-memory line per GPU (``GPU 1 used``), and the
     estimate (per GPU for such a run) and the capacity as horizontal lines.
     """
+
+    legend_offset = (-10, -10)  # bottom right: memory rises over a run, away from it
 
     def __init__(self) -> None:
         super().__init__("vramPlot", "Memory", "seconds since start", "GiB")

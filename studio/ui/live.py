@@ -27,7 +27,9 @@ from studio.ui.binding import connect_while_alive
 from studio.ui.plots import preload_pyqtgraph
 
 SAMPLE_INTERVAL_MS = 500
-REDRAW_INTERVAL_MS = 250
+# Each tick redraws the next plot with new data, so no single turn repaints all three: every
+# plot is still redrawn within about a third of a second.
+REDRAW_INTERVAL_MS = 100
 
 
 class LiveView(QObject):
@@ -50,7 +52,8 @@ class LiveView(QObject):
         connect_while_alive(self, session.events.estimate, self._show_reference_lines)
         connect_while_alive(self, session.events.job, self._job_changed)
         self.redraw_timer = QTimer(self, interval=REDRAW_INTERVAL_MS)
-        self.redraw_timer.timeout.connect(self.redraw)
+        self.redraw_timer.timeout.connect(self.redraw_next)
+        self._next_plot = 0
         self.redraw_timer.start()
         self.sample_timer = QTimer(self, interval=SAMPLE_INTERVAL_MS)
         self.sample_timer.timeout.connect(self.sample)
@@ -151,8 +154,18 @@ class LiveView(QObject):
             self.vram_plot.add_gpus(t, reading.per_gpu_used)
 
     def redraw(self) -> None:
+        """Redraw every plot with new data now (a job's end, a past run shown)."""
         for plot in self.plots:
             plot.refresh()
+
+    def redraw_next(self) -> None:
+        """Redraw the next plot, in turn, that has new data (the timer's tick)."""
+        for offset in range(len(self.plots)):
+            plot = self.plots[(self._next_plot + offset) % len(self.plots)]
+            if plot.dirty:
+                self._next_plot = (self._next_plot + offset + 1) % len(self.plots)
+                plot.refresh()
+                return
 
     def build_plots(self) -> None:
         for plot in self.plots:

@@ -178,6 +178,11 @@ class _LazyPlot:
     def built(self) -> bool:
         return self.plot_widget is not None
 
+    @property
+    def dirty(self) -> bool:
+        """New data since the last redraw, and a widget to draw it in."""
+        return self._dirty and self.built
+
     def build(self) -> None:
         """Make the pyqtgraph widget (once) and draw what has been collected so far."""
         if self.built:

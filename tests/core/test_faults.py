@@ -165,8 +165,8 @@ def test_kill_during_the_save_resumes_without_an_extra_step(tiny_models, tmp_pat
         "from studio.core.runs import status_path; "
         "d = temporary_sibling_dir(Path(sys.argv[1])); (d / 'adapter_model.safetensors')"
         ".write_bytes(b'half'); s = status_path(Path(sys.argv[1])); "
-        "tempfile.mkstemp(prefix=f'.tmp-{s.name}-{os.getpid()}-', dir=s.parent); "
-        "print(d, flush=True); os.kill(os.getpid(), 9)"
+        "f = tempfile.mkstemp(prefix=f'.tmp-{s.name}-{os.getpid()}-', dir=s.parent)[1]; "
+        "print(d, f, flush=True); os.kill(os.getpid(), 9)"
     )
     killed = subprocess.run(
         [sys.executable, "-c", code, str(output)],
@@ -175,9 +175,9 @@ def test_kill_during_the_save_resumes_without_an_extra_step(tiny_models, tmp_pat
         env=_env(tmp_path),
     )
     assert killed.returncode == -9
-    leftover = Path(killed.stdout.strip())
+    leftover, status_leftover = map(Path, killed.stdout.split())
     assert leftover.is_dir() and leftover.name.startswith(".tmp-bundle-")
-    [status_leftover] = tmp_path.glob(".tmp-bundle.run.json-*")
+    assert status_leftover.is_file() and status_leftover.name.startswith(".tmp-bundle.run.json-")
 
     recipe_file = save_recipe(recipe, tmp_path / "recipe.toml")
     done = cli(tmp_path, "train", str(recipe_file), "--resume")

@@ -24,7 +24,6 @@ from studio.core.events import (
 )
 from studio.core.phases import phase_line
 from studio.ui.binding import connect_while_alive
-from studio.ui.plots import preload_pyqtgraph
 
 SAMPLE_INTERVAL_MS = 500
 # Each tick redraws the next plot with new data, so no single turn repaints all three: every
@@ -174,23 +173,18 @@ class LiveView(QObject):
     def build_plots_soon(self) -> None:
         """Build the plots over the next event-loop turns, one plot per turn (pyqtgraph is
         imported first, on a worker thread, when it is not yet), so no turn is long."""
-        import threading
+        from studio.ui.deferred import import_then
 
-        loader = threading.Thread(target=preload_pyqtgraph, name="import-pyqtgraph", daemon=True)
-        loader.start()
         pending = list(self.plots)
 
         def next_plot() -> None:
-            if loader.is_alive():
-                QTimer.singleShot(20, self, next_plot)
-                return
             while pending and pending[0].built:
                 pending.pop(0)
             if pending:
                 pending.pop(0).build()
                 QTimer.singleShot(0, self, next_plot)
 
-        QTimer.singleShot(0, self, next_plot)
+        import_then(self, ["pyqtgraph"], next_plot)
 
     def close(self) -> None:
         self.sample_timer.stop()

@@ -38,36 +38,6 @@ from studio.ui.settings import (
 if TYPE_CHECKING:
     from studio.core.recipe import Recipe
 
-# What `MainWindow.build` imports (and pyqtgraph, which the plots import): a deferred build
-# imports them on a worker thread first, so the GUI thread keeps painting meanwhile.
-BUILD_MODULES = (
-    "studio.core.session",
-    "studio.ui.chat_panel",
-    "studio.ui.dataset_panel",
-    "studio.ui.estimate_widget",
-    "studio.ui.flows",
-    "studio.ui.hardware_panel",
-    "studio.ui.job_controller",
-    "studio.ui.live",
-    "studio.ui.model_panel",
-    "studio.ui.plots",
-    "studio.ui.quant_panel",
-    "studio.ui.readers",
-    "studio.ui.runs_view",
-    "studio.ui.status",
-    "studio.ui.training_panel",
-    "studio.core.engine.runner",  # what the session and the live view import at their start
-    "studio.core.engine.preflight",
-    "studio.core.models",
-    "studio.core.monitor",
-    "studio.core.scaling",
-    "studio.core.gpu",
-    "studio.core.quant",
-    "multiprocessing.spawn",
-    "pynvml",
-    "pyqtgraph",
-)
-
 DEFAULT_SIZE = (1400, 900)
 SCREEN_MARGIN = 40  # keep the window this far inside the screen's available area
 
@@ -269,27 +239,12 @@ class MainWindow(QMainWindow):
         if self.session is not None:
             self._after_build()
             return
-        import importlib
-        import threading
+        from studio.ui.deferred import WINDOW_MODULES, import_then
 
-        def import_all() -> None:
-            for name in BUILD_MODULES:
-                with contextlib.suppress(Exception):  # build() imports it again and says why
-                    importlib.import_module(name)
-
-        loader = threading.Thread(target=import_all, name="import-window", daemon=True)
-        loader.start()
-
-        def when_imported() -> None:
-            if loader.is_alive():
-                QTimer.singleShot(10, self, when_imported)
-                return
-            self.build()
-            self._after_build()
-
-        QTimer.singleShot(0, self, when_imported)
+        import_then(self, WINDOW_MODULES, self._after_build)
 
     def _after_build(self) -> None:
+        self.build()
         if self._autoload:
             self.readers.autoload = True
             QTimer.singleShot(50, self.readers.read_model)

@@ -45,12 +45,6 @@ _pg = None
 _axes = None
 
 
-def preload_pyqtgraph() -> None:
-    """Import pyqtgraph without configuring it (safe on a worker thread: it makes no Qt
-    objects on import); `_pyqtgraph` configures it on the GUI thread at the first plot."""
-    import pyqtgraph  # noqa: F401
-
-
 def _pyqtgraph():
     """pyqtgraph, imported once and configured for the studio's look."""
     global _pg

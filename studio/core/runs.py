@@ -178,7 +178,8 @@ class MemorySampler:
     Each line: ``t`` (Unix time), ``elapsed_s`` (the run's time, continued across resumed
     sessions), ``step``, ``phase``, ``rss_bytes``, and on a GPU ``cuda_allocated_bytes``,
     ``cuda_reserved_bytes`` and ``device_used_bytes``. The file is kept open and written line
-    by line, so a copy taken at any moment holds whole lines.
+    by line, so a copy taken at any moment holds whole lines. `set_phase` also takes a
+    sample at once, so every phase a run passes through has at least one, however short.
     """
 
     def __init__(
@@ -194,30 +195,43 @@ class MemorySampler:
         self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._handle = None
+        self._process = None
+        self._write_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
 
     def start(self) -> MemorySampler:
+        import psutil
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._process = psutil.Process()
         self._handle = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         self._thread.start()
         return self
+
+    def set_phase(self, phase: str) -> None:
+        """The run is in ``phase``: on entering it, take a sample now."""
+        entered, self.phase = phase != self.phase, phase
+        if entered and self._thread.is_alive():
+            self._write_sample()
+
+    def _write_sample(self) -> None:
+        with self._write_lock, contextlib.suppress(Exception):  # a missed sample is no error
+            if self._handle is not None:
+                self._handle.write(json.dumps(self.sample(self._process)) + "\n")
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        if self._handle is not None:
-            with contextlib.suppress(OSError):
-                self._handle.close()
-            self._handle = None
+        with self._write_lock:
+            if self._handle is not None:
+                with contextlib.suppress(OSError):
+                    self._handle.close()
+                self._handle = None
 
     def _loop(self) -> None:
-        import psutil
-
-        process = psutil.Process()
         while True:
-            with contextlib.suppress(Exception):  # a missed sample is no error
-                self._handle.write(json.dumps(self.sample(process)) + "\n")
+            self._write_sample()
             if self._stop.wait(self.every_s):
                 return
 
@@ -325,7 +339,7 @@ class RunRecorder:
             if self.status is not None and self.status.get("phase") != str(phase.value):
                 self._update(phase=str(phase.value), message=event.message)
             if self.sampler is not None:
-                self.sampler.phase = str(phase.value)
+                self.sampler.set_phase(str(phase.value))
         elif self.status is None:
             return
         elif isinstance(event, StepLogged):

@@ -159,7 +159,8 @@ def test_three_real_runs_listed_and_compared(tmp_path, tiny_models, isolated_run
     bundle = tmp_path / "rank16"
     assert "memory.jsonl" in json.loads((bundle / "manifest.json").read_text())["files"]
     samples, _ = runs.read_jsonl(bundle / "memory.jsonl")
-    assert len(samples) >= 2 and {"training", "saving"} & {s["phase"] for s in samples}
+    # every phase is sampled on entry, however short (this run trains for a fraction of a second)
+    assert {"loading", "training", "saving"} <= {s["phase"] for s in samples}
 
     png = tmp_path / "compare.png"
     compared = _cli(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QByteArray, Qt, QTimer
+from PySide6.QtCore import QByteArray, QEvent, Qt, QTimer
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QLabel,
@@ -173,6 +173,7 @@ class MainWindow(QMainWindow):
         lower = QSplitter(Qt.Orientation.Horizontal, objectName="lowerPlotSplitter")
         lower.addWidget(self.lr_plot.widget)
         lower.addWidget(self.vram_plot.widget)
+        lower.installEventFilter(self)  # split in half once it has a width (`eventFilter`)
         plots.addWidget(lower)
         self.tabs = QTabWidget(objectName="mainTabs")
         self.tabs.addTab(plots, "Training")
@@ -193,6 +194,20 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.splitter)
         width = self.width()
         self.splitter.setSizes([min(460, width // 3), width - min(460, width // 3)])
+
+    def eventFilter(self, watched, event) -> bool:
+        """Split the learning-rate and memory plots in half the first time their splitter is
+        laid out (before that it has no width to split), so the memory plot's legend and
+        lines have room."""
+        if (
+            event.type() == QEvent.Type.Resize
+            and watched.objectName() == "lowerPlotSplitter"
+            and watched.width() > 0
+        ):
+            watched.removeEventFilter(self)
+            half = watched.width() // 2
+            watched.setSizes([half, watched.width() - half])
+        return super().eventFilter(watched, event)
 
     def _start_size(self) -> tuple[int, int]:
         """The default size, shrunk to fit the screen (a 1366×768 laptop included)."""

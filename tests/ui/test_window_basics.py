@@ -352,3 +352,13 @@ def test_the_bundle_save_dialog_picks_an_existing_folder_instead_of_opening_it(q
         qtbot.waitUntil(lambda d=dialog: not d.isVisible())
         assert dialog.result() == QDialog.DialogCode.Accepted
         assert dialog.selectedFiles() == [str(tmp_path / name)]
+
+
+def test_the_learning_rate_and_memory_plots_share_their_row_evenly(make_window, qtbot):
+    from PySide6.QtWidgets import QSplitter
+
+    window = make_window()
+    splitter = window.findChild(QSplitter, "lowerPlotSplitter")
+    qtbot.waitUntil(lambda: splitter.width() > 0)
+    left, right = splitter.sizes()
+    assert abs(left - right) <= 2, (left, right)

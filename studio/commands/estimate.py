@@ -30,6 +30,7 @@ _OVERRIDES = {
     "r": ("lora", "r"),
     "target_modules": ("lora", "target_modules"),
     "lora_dropout": ("lora", "dropout"),
+    "dataset": ("dataset", "path"),
     "max_length": ("dataset", "max_length"),
     "batch_size": ("training", "batch_size"),
     "gradient_checkpointing": ("training", "gradient_checkpointing"),
@@ -102,6 +103,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     _add_flag(parser, "--lora-dropout", "lora.dropout", metavar="P")
     _add_flag(parser, "--batch-size", "training.batch_size", metavar="N")
+    _add_flag(parser, "--dataset", "dataset.path", metavar="PATH")
     _add_flag(parser, "--max-length", "dataset.max_length", metavar="TOKENS")
     _add_flag(parser, "--gradient-checkpointing", "training.gradient_checkpointing")
     _add_flag(parser, "--optimizer", "training.optimizer")
@@ -115,8 +117,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     _add_flag(parser, "--strategy", "distributed.strategy")
     _add_flag(parser, "--cpu-offload", "distributed.cpu_offload")
+    parser.add_argument(
+        "--no-data",
+        action="store_true",
+        help="count every example at dataset.max_length without reading the dataset (by "
+        "default its longest example is measured with the model's tokenizer: batches are "
+        "padded only to their longest example, so shorter data needs less memory)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (bytes)")
     return parser
+
+
+def _longest_example(recipe, resolved) -> int | None:
+    """The dataset's longest example in tokens (with the model's tokenizer), or None when it
+    cannot be measured here (a plan has no tokenizer; a dataset error is the train command's
+    to report: the estimate then counts max_length, with a note)."""
+    if resolved.plan or not recipe.dataset.path:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        from studio.core.data import preview_dataset
+
+        tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
+        return preview_dataset(recipe.dataset, tokenizer, count=0).stats.max_tokens
+    except Exception as exc:  # noqa: BLE001 - the estimate still stands on max_length
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(
+            f"note: the dataset's lengths could not be measured ({reason}); every example is "
+            "counted at dataset.max_length",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _fail(message: str) -> int:
@@ -160,7 +192,7 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     from studio.core.gpu import FakeGpuError, discover_gpus
-    from studio.core.memory import estimate, format_table
+    from studio.core.memory import estimate_with_data, format_table
     from studio.core.models import ModelSourceError, read_shape, resolve_model
     from studio.core.quant import QuantError, resolve_device
     from studio.core.recipe import RecipeError
@@ -201,8 +233,9 @@ def run(args: argparse.Namespace) -> int:
         check_recipe_against_shape(recipe, shape)  # e.g. target_modules the model lacks
     except RecipeError as exc:
         return _fail(str(exc))
+    longest = None if args.no_data else _longest_example(recipe, resolved)
     try:
-        est = estimate(shape, recipe, device)
+        est = estimate_with_data(shape, recipe, device, longest_tokens=longest)
     except QuantError as exc:
         return _fail(str(exc))
 
@@ -241,7 +274,9 @@ def run(args: argparse.Namespace) -> int:
         t = recipe.training
         print(
             f"Recipe: {quant}, compute {est.compute_dtype}, LoRA r={recipe.lora.r}, "
-            f"batch {t.batch_size} x {recipe.dataset.max_length} tokens, "
+            f"batch {t.batch_size} x {est.sequence_tokens} tokens"
+            + (" (the dataset's longest example)" if est.sequence_from_data else "")
+            + ", "
             f"checkpointing {'on' if t.gradient_checkpointing else 'off'}, {t.optimizer}"
         )
         if est.processes > 1:

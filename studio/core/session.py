@@ -122,6 +122,9 @@ class Session:
     device_error: str = ""
     model: ModelStatus = field(default_factory=ModelStatus)
     dataset: DatasetStatus = field(default_factory=DatasetStatus)
+    # The dataset's longest example in tokens, as ((path, format, model folder), tokens), from
+    # the last preview of that file with that tokenizer; kept while max_length is edited.
+    data_longest: tuple | None = None
     estimate: Any = None  # a `MemoryEstimate`, or None with ``estimate_message`` saying why
     estimate_message: str = ""
     recipe_problem: str = ""  # a recipe value the model cannot take (LoRA targets it lacks)
@@ -215,6 +218,22 @@ class Session:
     def dataset_ready(self, key, preview) -> None:
         if key == self.dataset_key():
             self.dataset = DatasetStatus(key=key, state=LoadState.READY, preview=preview)
+            stats = getattr(preview, "stats", None)
+            longest = getattr(stats, "max_tokens", None)
+            if longest and (self._length_key(), longest) != self.data_longest:
+                self.data_longest = (self._length_key(), longest)
+                self._recompute_estimate()
+
+    def _length_key(self):
+        """What the dataset's token lengths depend on: the file, its format, the tokenizer."""
+        model = self.model.resolved
+        d = self.recipe.dataset
+        return (d.path, d.format, str(model.path) if model is not None else None)
+
+    def _longest_tokens(self) -> int | None:
+        if self.data_longest is not None and self.data_longest[0] == self._length_key():
+            return self.data_longest[1]
+        return None
 
     def dataset_failed(self, key, message: str, details: str = "") -> None:
         if key == self.dataset_key():
@@ -351,10 +370,12 @@ class Session:
         elif model.state is not LoadState.READY:
             message = "Reading the model's shape…"
         else:
-            from studio.core.memory import estimate as estimate_memory
+            from studio.core.memory import estimate_with_data
 
             try:
-                estimate = estimate_memory(model.shape, self.recipe, self.device)
+                estimate = estimate_with_data(
+                    model.shape, self.recipe, self.device, longest_tokens=self._longest_tokens()
+                )
             except ValueError as exc:
                 message = f"No estimate: {exc}"
         self.recipe_problem = self._check_against_model()

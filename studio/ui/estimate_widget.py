@@ -223,9 +223,24 @@ class EstimatePanel(QGroupBox):
                 if est.processes > 1
                 else ""
             )
-            self.total.setText(f"{format_bytes(est.total_bytes)}{cap}{share} on {est.device}")
+            length = (
+                f" · examples up to {est.sequence_tokens} tokens (the dataset's longest)"
+                if est.sequence_from_data
+                else ""
+            )
+            self.total.setText(
+                f"{format_bytes(est.total_bytes)}{cap}{share} on {est.device}{length}"
+            )
             self.total.setToolTip(
                 f"Estimated peak: {est.total_bytes:,} bytes; weights {est.weights_bytes:,} bytes."
+                + (
+                    f" Batches are padded to their longest example, and this dataset's longest "
+                    f"is {est.sequence_tokens} tokens, under max_length "
+                    f"{self.session.recipe.dataset.max_length}."
+                    if est.sequence_from_data
+                    else f" Every example counted at max_length ({est.sequence_tokens} tokens)"
+                    " until the dataset has been read."
+                )
             )
             name, color = VERDICTS.get(est.verdict, (est.verdict, "#555"))
             advice = f" — {html.escape(est.advice)}" if est.advice else ""

@@ -234,3 +234,23 @@ def test_notes_on_settings_without_effect_go_to_stderr(tmp_path, tiny_models):
     json.loads(out.stdout)  # stdout stays clean JSON
     quiet = estimate_cli(str(recipe), "--json", "--quant-mode", "4bit")
     assert quiet.returncode == 0 and "note: quantization" not in quiet.stderr
+
+
+def test_the_datasets_longest_example_sets_the_length_unless_no_data(tiny_models, tmp_path):
+    data = tmp_path / "short.jsonl"
+    rows = [{"instruction": f"Say {i}.", "output": "yes"} for i in range(6)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = ["--model", str(tiny_models["llama"]), "--device", "cpu", "--max-length", "512"]
+    measured = estimate_cli(*common, "--dataset", str(data), "--json")
+    assert measured.returncode == 0, measured.stderr
+    counted = json.loads(measured.stdout)
+    assert counted["sequence_from_data"] and 0 < counted["sequence_tokens"] < 512
+    plain = json.loads(estimate_cli(*common, "--dataset", str(data), "--no-data", "--json").stdout)
+    assert (plain["sequence_tokens"], plain["sequence_from_data"]) == (512, False)
+    assert counted["total_bytes"] < plain["total_bytes"]
+    table = estimate_cli(*common, "--dataset", str(data)).stdout
+    assert f"x {counted['sequence_tokens']} tokens (the dataset's longest example)" in table
+    # A dataset that cannot be read: max_length, with a note (train reports the error itself).
+    broken = estimate_cli(*common, "--dataset", str(tmp_path / "missing.jsonl"), "--json")
+    assert broken.returncode == 0 and json.loads(broken.stdout)["sequence_tokens"] == 512
+    assert "counted at dataset.max_length" in broken.stderr

@@ -180,3 +180,54 @@ def test_the_start_rule_for_an_output_folder(tmp_path):
     with pytest.raises(OutputExistsError, match="resuming writes the bundle there too"):
         check_start(state, resume=True, overwrite=False)
     check_start(state, resume=True, overwrite=True)
+
+
+def test_the_estimate_counts_the_datasets_longest_example(shape_of, tmp_path):
+    """Batches are padded to their longest example: once the dataset has been read, the
+    estimate counts its longest example instead of max_length (when that is shorter)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from studio.core.data import preview_dataset
+    from studio.core.memory import estimate
+
+    def write(name: str, words: int):
+        path = tmp_path / name
+        rows = [
+            {"instruction": f"Say {i}.", "output": " ".join(["word"] * words)} for i in range(8)
+        ]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return str(path)
+
+    short = write("short.jsonl", 4)
+    session = Session.create(discovery=gpu(24.0))
+    resolved, shape = shape_of()
+    session.edit_many(
+        {"model": {"source": str(resolved.path)}, "dataset": {"path": short, "max_length": 512}}
+    )
+    session.model_ready(str(resolved.path), resolved, shape)
+    full = session.estimate
+    assert (full.sequence_tokens, full.sequence_from_data) == (512, False)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
+    preview = preview_dataset(session.recipe.dataset, tokenizer)
+    session.dataset_ready(session.dataset_key(), preview)
+    longest = preview.stats.max_tokens
+    est = session.estimate
+    assert est.sequence_from_data and est.sequence_tokens == longest < 512
+    as_if = session.recipe.with_changes(dataset={"max_length": longest})
+    assert est.total_bytes == estimate(shape, as_if, session.device).total_bytes < full.total_bytes
+
+    # Editing max_length keeps counting the data's longest example while the preview is re-read,
+    # and a max_length under it is what counts.
+    session.edit("dataset.max_length", 256)
+    assert session.estimate.sequence_tokens == longest
+    session.edit("dataset.max_length", longest - 1)
+    assert (session.estimate.sequence_tokens, session.estimate.sequence_from_data) == (
+        longest - 1,
+        False,
+    )
+    # Another file: max_length again, until that file has been read.
+    session.edit_many({"dataset": {"path": write("long.jsonl", 300), "max_length": 512}})
+    assert (session.estimate.sequence_tokens, session.estimate.sequence_from_data) == (512, False)

@@ -434,6 +434,16 @@ class Job:
                 f"dataset.max_length = {recipe.dataset.max_length} and were truncated",
                 "warning",
             )
+        if self.estimate is not None and stats.max_tokens < recipe.dataset.max_length:
+            # Batches are padded to their longest example: the run needs what that length does.
+            with contextlib.suppress(Exception):
+                self.estimate = memory.estimate_with_data(
+                    shape, recipe, device, longest_tokens=stats.max_tokens
+                )
+                self._log(
+                    f"Memory estimate for this dataset (its longest example is "
+                    f"{stats.max_tokens} tokens): {format_bytes(self.estimate.total_bytes)}"
+                )
         self._check_stop()
 
         # training

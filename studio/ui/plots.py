@@ -418,8 +418,9 @@ class VramPlot(_LazyPlot):
                 movable=False,
                 pen=pen,
                 label=name,
-                # Left-aligned just above the line, so a narrow plot never clips it.
-                labelOpts={"position": 0.02, "anchors": [(0, 1), (0, 1)], "color": pen.color()},
+                # Left-aligned just below the line: a narrow plot never clips it at the side, and
+                # a line at the top of the view (the auto-range ends there) not at the top.
+                labelOpts={"position": 0.02, "anchors": [(0, 0), (0, 0)], "color": pen.color()},
             )
             plot.addItem(line)
             self.lines[name] = line

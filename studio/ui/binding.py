@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QSizePolicy,
     QSpinBox,
+    QSplitter,
     QWidget,
 )
 
@@ -68,6 +69,23 @@ class ComboBox(_WheelOnlyWithFocus, QComboBox):
         # Long items must not widen the settings column; the popup shows them whole.
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(10)
+
+
+class EvenSplitter(QSplitter):
+    """A splitter that shares its length evenly between its widgets the first time it is laid
+    out (before that it has no length to share); the person may move the handle after."""
+
+    def __init__(self, orientation, **kwargs) -> None:
+        super().__init__(orientation, **kwargs)
+        self._shared = False
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        horizontal = self.orientation() == Qt.Orientation.Horizontal
+        length = self.width() if horizontal else self.height()
+        if not self._shared and length > 0 and self.count():
+            self._shared = True
+            self.setSizes([length // self.count()] * self.count())
 
 
 class ElidedLabel(QLabel):

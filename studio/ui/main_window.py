@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QByteArray, QEvent, Qt, QTimer
+from PySide6.QtCore import QByteArray, Qt, QTimer
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QLabel,
@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio import APP_NAME
+from studio.ui.binding import EvenSplitter
 from studio.ui.menus import build_menus
 from studio.ui.settings import (
     default_recipe,
@@ -170,10 +171,10 @@ class MainWindow(QMainWindow):
         # readable height on a 768-pixel screen.
         plots = QSplitter(Qt.Orientation.Vertical, objectName="plotSplitter")
         plots.addWidget(self.loss_plot.widget)
-        lower = QSplitter(Qt.Orientation.Horizontal, objectName="lowerPlotSplitter")
+        # Half each: the memory plot's legend and lines need the room.
+        lower = EvenSplitter(Qt.Orientation.Horizontal, objectName="lowerPlotSplitter")
         lower.addWidget(self.lr_plot.widget)
         lower.addWidget(self.vram_plot.widget)
-        lower.installEventFilter(self)  # split in half once it has a width (`eventFilter`)
         plots.addWidget(lower)
         self.tabs = QTabWidget(objectName="mainTabs")
         self.tabs.addTab(plots, "Training")
@@ -194,20 +195,6 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.splitter)
         width = self.width()
         self.splitter.setSizes([min(460, width // 3), width - min(460, width // 3)])
-
-    def eventFilter(self, watched, event) -> bool:
-        """Split the learning-rate and memory plots in half the first time their splitter is
-        laid out (before that it has no width to split), so the memory plot's legend and
-        lines have room."""
-        if (
-            event.type() == QEvent.Type.Resize
-            and watched.objectName() == "lowerPlotSplitter"
-            and watched.width() > 0
-        ):
-            watched.removeEventFilter(self)
-            half = watched.width() // 2
-            watched.setSizes([half, watched.width() - half])
-        return super().eventFilter(watched, event)
 
     def _start_size(self) -> tuple[int, int]:
         """The default size, shrunk to fit the screen (a 1366×768 laptop included)."""

@@ -22,7 +22,7 @@ from conftest import (
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel
 
-from studio.core.memory import estimate
+from studio.core.memory import estimate_with_data
 from studio.core.units import format_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,9 +179,17 @@ def test_every_quantization_toggle_moves_the_estimate_like_the_estimator(
     session = window.session
     wait_for_shape(qtbot, window, str(tiny_models["llama"]))
     label = window.findChild(QLabel, "estimateTotalLabel")
+    # Once the preview has measured the dataset, the estimate counts its longest example.
+    qtbot.waitUntil(lambda: session.data_longest is not None, timeout=120_000)
+    longest = session.data_longest[1]
+
+    def estimate_of(recipe):
+        return estimate_with_data(
+            session.model.shape, recipe, session.device, longest_tokens=longest
+        )
 
     def shown_matches_estimator():
-        expected = estimate(session.model.shape, session.recipe, session.device)
+        expected = estimate_of(session.recipe)
         assert session.estimate.total_bytes == expected.total_bytes
         assert label.text().startswith(format_bytes(expected.total_bytes))
         assert f"{expected.total_bytes:,} bytes" in label.toolTip()
@@ -212,12 +220,15 @@ def test_every_quantization_toggle_moves_the_estimate_like_the_estimator(
         toggle()
         assert session.recipe != recipe_before, name
         after = shown_matches_estimator()
-        direct_before = estimate(session.model.shape, recipe_before, session.device).total_bytes
+        direct_before = estimate_of(recipe_before).total_bytes
         assert (after != direct_before) == should_change, name
         assert direct_before == before, name
         before = after
 
-    # LoRA, batch and sequence length move it as they are typed, without Enter.
+    # LoRA, batch and sequence length move it as they are typed, without Enter (a max_length
+    # under the data's longest example, which is what counts then).
+    set_spin(qtbot, window, "maxLengthSpin", max(16, longest // 4))
+    assert session.estimate.sequence_tokens == max(16, longest // 4)
     for name in ("loraRankSpin", "batchSizeSpin", "maxLengthSpin"):
         old = session.estimate.total_bytes
         set_spin(qtbot, window, name, window.findChild(object, name).value() * 2)

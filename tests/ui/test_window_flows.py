@@ -160,7 +160,7 @@ def test_start_is_disabled_for_a_dataset_the_window_flagged(
 
 
 def test_the_advice_has_an_apply_button_that_makes_it_fit(
-    make_window, qtbot, tiny_models, monkeypatch
+    make_window, qtbot, tiny_models, monkeypatch, tmp_path
 ):
     monkeypatch.setenv(
         "QLORA_STUDIO_FAKE_GPUS",
@@ -168,10 +168,17 @@ def test_the_advice_has_an_apply_button_that_makes_it_fit(
             [{"name": "Small", "total_mib": 1000, "free_mib": 1000, "compute_capability": [8, 6]}]
         ),
     )
+    # Examples longer than max_length, so the estimate counts max_length itself.
+    data = tmp_path / "long.jsonl"
+    row = {"instruction": "Write.", "output": " ".join(["word"] * 3000)}
+    data.write_text("".join(json.dumps(row) + "\n" for _ in range(4)))
     window = make_window()
     wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    type_into(qtbot, window, "datasetPathEdit", str(data))
+    qtbot.waitUntil(lambda: window.session.data_longest is not None, timeout=120_000)
     set_spin(qtbot, window, "batchSizeSpin", 16)
     set_spin(qtbot, window, "maxLengthSpin", 2048)
+    assert window.session.estimate.sequence_tokens == 2048
     assert window.session.estimate.verdict == "does_not_fit"
     apply = window.findChild(QPushButton, "applyAdviceButton")
     assert apply.isVisible()
@@ -300,6 +307,8 @@ def test_several_gpus_show_the_per_gpu_estimate(make_window, qtbot, tiny_models,
     monkeypatch.setenv("QLORA_STUDIO_FAKE_GPUS", json.dumps(gpus))
     window = make_window()
     wait_for_shape(qtbot, window, str(tiny_models["llama"]))
+    # the figures below are compared with each other: all of them after the data is measured
+    qtbot.waitUntil(lambda: window.session.data_longest is not None, timeout=120_000)
     strategy = window.findChild(object, "distributedStrategyEdit")
     assert not strategy.isEnabled(), "one process: the strategy has no effect"
     one = window.session.estimate.total_bytes

@@ -87,11 +87,9 @@ def run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-VERDICTS = {"fits": "fits", "tight": "tight", "does_not_fit": "no"}
-
-
 def format_table(rows, device, recipe) -> str:
     """The plan for people: one line per model, then the advice of those that do not fit."""
+    from studio.core.plan import PLAN_COLUMNS
     from studio.core.units import format_bytes
 
     t = recipe.training
@@ -102,20 +100,8 @@ def format_table(rows, device, recipe) -> str:
         f"{t.optimizer}, fp32 upcast {'on' if recipe.quantization.fp32_upcast else 'off'}",
         "",
     ]
-    header = ("Model", "Params", "4-bit weights", "Estimate", "Fits", "Longest seq", "Max batch")
-    table = [header]
-    for row in rows:
-        table.append(
-            (
-                row.display_name,
-                f"{row.params / 1e9:.2f} B",
-                format_bytes(row.weights_bytes),
-                format_bytes(row.total_bytes),
-                VERDICTS.get(row.verdict, row.verdict),
-                str(row.max_length) if row.max_length else "-",
-                str(row.max_batch) if row.max_batch else "-",
-            )
-        )
+    header = PLAN_COLUMNS
+    table = [header, *(row.cells() for row in rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for n, r in enumerate(table):
         lines.append(

@@ -21,6 +21,11 @@ SEQ_STEP = 64  # max_length is searched in multiples of this
 MAX_BATCH = 4096
 
 
+# The plan as a table, the same in `qlora-studio plan` and the window's What fits… view.
+PLAN_COLUMNS = ("Model", "Params", "4-bit weights", "Estimate", "Fits", "Longest seq", "Max batch")
+VERDICT_WORDS = {"fits": "fits", "tight": "tight", "does_not_fit": "no"}
+
+
 @dataclass(frozen=True)
 class PlanRow:
     """One catalog model against the device: what the recipe needs and what would fit."""
@@ -42,6 +47,20 @@ class PlanRow:
     @property
     def fits(self) -> bool:
         return self.verdict == "fits"
+
+    def cells(self) -> tuple[str, ...]:
+        """The row's text under `PLAN_COLUMNS`."""
+        from studio.core.units import format_bytes
+
+        return (
+            self.display_name,
+            f"{self.params / 1e9:.2f} B",
+            format_bytes(self.weights_bytes),
+            format_bytes(self.total_bytes),
+            VERDICT_WORDS.get(self.verdict, self.verdict),
+            str(self.max_length) if self.max_length else "-",
+            str(self.max_batch) if self.max_batch else "-",
+        )
 
     def to_json_dict(self) -> dict:
         return {

@@ -14,10 +14,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from studio.core.units import format_bytes
+from studio.core.plan import PLAN_COLUMNS
 
-COLUMNS = ("Model", "Params", "4-bit weights", "Estimate", "Fits", "Longest seq", "Max batch")
-VERDICT_TEXT = {"fits": "fits", "tight": "tight", "does_not_fit": "no"}
 VERDICT_COLOURS = {"fits": "#2e7d32", "tight": "#ef6c00", "does_not_fit": "#c62828"}
 SOURCE_ROLE = Qt.ItemDataRole.UserRole
 
@@ -28,16 +26,16 @@ class PlanView(QTableWidget):
     modelChosen = Signal(str)
 
     def __init__(self, rows=(), parent=None):
-        super().__init__(0, len(COLUMNS), parent)
+        super().__init__(0, len(PLAN_COLUMNS), parent)
         self.setObjectName("planView")
-        self.setHorizontalHeaderLabels(COLUMNS)
+        self.setHorizontalHeaderLabels(PLAN_COLUMNS)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.verticalHeader().setVisible(False)
         header = self.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for column in range(1, len(COLUMNS)):
+        for column in range(1, len(PLAN_COLUMNS)):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.cellDoubleClicked.connect(self._activated)
         self.set_rows(rows)
@@ -47,15 +45,7 @@ class PlanView(QTableWidget):
         self.setRowCount(0)
         self.setRowCount(len(rows))
         for index, row in enumerate(rows):
-            cells = (
-                row.display_name,
-                f"{row.params / 1e9:.2f} B",
-                format_bytes(row.weights_bytes),
-                format_bytes(row.total_bytes),
-                VERDICT_TEXT.get(row.verdict, row.verdict),
-                str(row.max_length) if row.max_length else "-",
-                str(row.max_batch) if row.max_batch else "-",
-            )
+            cells = row.cells()
             tip = row.advice or "The recipe fits as it is."
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 
 from studio.core.gpu import parse_fake_gpus
+from studio.core.plan import PLAN_COLUMNS as COLUMNS
 from studio.core.plan import plan_table
 from studio.core.quant import DeviceTarget
-from studio.ui.plan_view import COLUMNS, PlanView
+from studio.ui.plan_view import PlanView
 
 RTX_4090 = (
     '[{"name": "NVIDIA GeForce RTX 4090", "total_mib": 24564, "free_mib": 24000, '

@@ -171,20 +171,16 @@ class LiveView(QObject):
             plot.build()
 
     def build_plots_soon(self) -> None:
-        """Build the plots over the next event-loop turns, one plot per turn (pyqtgraph is
-        imported first, on a worker thread, when it is not yet), so no turn is long."""
-        from studio.ui.deferred import import_then
-
-        pending = list(self.plots)
+        """Build the plots over the next event-loop turns, one plot per turn, so no turn is
+        long (the deferred build calls this once pyqtgraph is imported, `studio.ui.deferred`)."""
+        pending = [plot for plot in self.plots if not plot.built]
 
         def next_plot() -> None:
-            while pending and pending[0].built:
-                pending.pop(0)
             if pending:
                 pending.pop(0).build()
                 QTimer.singleShot(0, self, next_plot)
 
-        import_then(self, ["pyqtgraph"], next_plot)
+        QTimer.singleShot(0, self, next_plot)
 
     def close(self) -> None:
         self.sample_timer.stop()

@@ -135,12 +135,11 @@ def _longest_example(recipe, resolved) -> int | None:
     if resolved.plan or not recipe.dataset.path:
         return None
     try:
-        from transformers import AutoTokenizer
+        from studio.core.helper import preview_dataset
 
-        from studio.core.data import preview_dataset
-
-        tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
-        return preview_dataset(recipe.dataset, tokenizer, count=0).stats.max_tokens
+        # the window's preview, read here in-process: the same stats the window counts
+        preview = preview_dataset(recipe.dataset, str(resolved.path), lambda *_: None, count=0)
+        return preview.stats.max_tokens
     except Exception as exc:  # noqa: BLE001 - the estimate still stands on max_length
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(

@@ -18,29 +18,6 @@ import sys
 
 from studio.commands import ExitCode
 
-# flag dest -> (recipe section, key)
-_OVERRIDES = {
-    "model": ("model", "source"),
-    "trust_remote_code": ("model", "trust_remote_code"),
-    "quant_mode": ("quantization", "mode"),
-    "quant_type": ("quantization", "quant_type"),
-    "compute_dtype": ("quantization", "compute_dtype"),
-    "double_quant": ("quantization", "double_quant"),
-    "fp32_upcast": ("quantization", "fp32_upcast"),
-    "r": ("lora", "r"),
-    "target_modules": ("lora", "target_modules"),
-    "lora_dropout": ("lora", "dropout"),
-    "dataset": ("dataset", "path"),
-    "max_length": ("dataset", "max_length"),
-    "batch_size": ("training", "batch_size"),
-    "gradient_checkpointing": ("training", "gradient_checkpointing"),
-    "optimizer": ("training", "optimizer"),
-    "device": ("training", "device"),
-    "num_processes": ("distributed", "num_processes"),
-    "strategy": ("distributed", "strategy"),
-    "cpu_offload": ("distributed", "cpu_offload"),
-}
-
 
 def _flag_help(dotted: str, extra: str = "") -> str:
     """A flag's help from the recipe key's metadata: what it does, its bounds and default."""
@@ -65,6 +42,8 @@ def _flag_help(dotted: str, extra: str = "") -> str:
 
 
 def _add_flag(parser, flag: str, dotted: str, *, extra: str = "", **kwargs) -> None:
+    """A flag that overrides the recipe key ``dotted``; its value lands in ``args`` under
+    that key, which `build_recipe` reads back."""
     from studio.core.recipe import field_spec
 
     spec = field_spec(dotted)
@@ -74,7 +53,7 @@ def _add_flag(parser, flag: str, dotted: str, *, extra: str = "", **kwargs) -> N
         kwargs["choices"] = spec.choices
     elif spec.type in (int, float):
         kwargs["type"] = spec.type
-    parser.add_argument(flag, help=_flag_help(dotted, extra), **kwargs)
+    parser.add_argument(flag, dest=dotted, help=_flag_help(dotted, extra), **kwargs)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -161,11 +140,11 @@ def build_recipe(args: argparse.Namespace):
 
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
     changes: dict[str, dict] = {}
-    for dest, (section, key) in _OVERRIDES.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if dest == "target_modules" and value != "all-linear":
+    for dotted, value in vars(args).items():
+        if "." not in dotted or value is None:
+            continue  # not a recipe key (RECIPE.toml, --json, --no-data), or not given
+        section, key = dotted.split(".", 1)
+        if dotted == "lora.target_modules" and value != "all-linear":
             value = [v.strip() for v in value.split(",") if v.strip()]
         changes.setdefault(section, {})[key] = value
     return recipe.with_changes(**changes) if changes else recipe

@@ -64,6 +64,21 @@ def collect(runner, *, until=None, guard_s: float = HANG_GUARD_S) -> list:
     raise AssertionError(f"the engine sent nothing conclusive; events so far: {events[-5:]}")
 
 
+def stop_after_step(recipe, step: int) -> list:
+    """Run ``recipe``, ask it to stop once step ``step`` is logged, and return every event
+    (the last one the job's terminal event)."""
+    from studio.core.engine import EngineRunner
+    from studio.core.events import StepLogged
+
+    runner = EngineRunner(recipe)
+    runner.start()
+    events = collect(runner, until=lambda e: isinstance(e, StepLogged) and e.step >= step)
+    runner.stop()
+    events += collect(runner)
+    runner.join()
+    return events
+
+
 def losses_by_step(events_or_dicts) -> dict[int, float]:
     out: dict[int, float] = {}
     for item in events_or_dicts:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_helpers import collect, losses_by_step, tiny_recipe
+from engine_helpers import collect, losses_by_step, stop_after_step, tiny_recipe
 
 from studio.core.bundle import read_bundle
 from studio.core.engine import EngineRunner
@@ -172,12 +172,7 @@ def test_fsdp_matches_one_process_and_resumes_with_one(tiny_models, tmp_path):
         training={"gradient_checkpointing": True},  # non-reentrant, as FSDP needs
         output={"dir": str(tmp_path / "fsdp")},
     )
-    runner = EngineRunner(fsdp)
-    runner.start()
-    events = collect(runner, until=lambda e: isinstance(e, StepLogged) and e.step >= 3)
-    runner.stop()
-    events += collect(runner)
-    runner.join()
+    events = stop_after_step(fsdp, 3)
     assert isinstance(events[-1], Stopped) and events[-1].checkpoint, events[-1]
     single = fsdp.with_changes(distributed={"num_processes": 1}, training={"batch_size": 4})
     resumed = _run(single, resume=True)

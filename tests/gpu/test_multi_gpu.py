@@ -81,19 +81,13 @@ def test_two_gpus_match_one_at_the_same_global_batch(tiny_models, tmp_path, stra
 
 
 def test_fsdp_stops_and_resumes_with_another_process_count(tiny_models, tmp_path):
-    from engine_helpers import collect
+    from engine_helpers import stop_after_step
 
     from studio.core.bundle import read_bundle
-    from studio.core.engine import EngineRunner
-    from studio.core.events import Finished, StepLogged, Stopped
+    from studio.core.events import Finished, Stopped
 
     recipe = _recipe(tmp_path, tiny_models["llama"], 2, 2, "fsdp", "fsdp-resume", max_steps=8)
-    runner = EngineRunner(recipe)
-    runner.start()
-    events = collect(runner, until=lambda e: isinstance(e, StepLogged) and e.step >= 3)
-    runner.stop()
-    events += collect(runner)
-    runner.join()
+    events = stop_after_step(recipe, 3)
     assert isinstance(events[-1], Stopped) and events[-1].checkpoint, events[-1]
 
     single = recipe.with_changes(distributed={"num_processes": 1}, training={"batch_size": 4})
